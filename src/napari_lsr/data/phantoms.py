@@ -108,12 +108,17 @@ class _Canvas:
         im += al * (value - im)
         return sl, al
 
-    def bone(self, x, y, a, b, ang=0.0, shell=1.5, cortical=1400.0, cancellous=300.0,
-             harm=None):
+    def bone(self, x, y, a, b, ang=0.0, shell=1.5, cortical=1400.0, cancellous=300.0):
         """Bone: cortical shell of thickness ``shell`` mm around cancellous bone."""
-        self.paint(cortical, x, y, a, b, ang, harm)
-        if a > shell + 0.5 and b > shell + 0.5:
-            self.paint(cancellous, x, y, a - shell, b - shell, ang, harm)
+        self.bones([(x, y, a, b, ang)], shell, cortical, cancellous)
+
+    def bones(self, parts, shell, cortical, cancellous):
+        """One bone made of overlapping ellipses (x, y, a, b, ang): one shell around all."""
+        for x, y, a, b, ang in parts:
+            self.paint(cortical, x, y, a, b, ang)
+        for x, y, a, b, ang in parts:
+            if a > shell + 0.5 and b > shell + 0.5:
+                self.paint(cancellous, x, y, a - shell, b - shell, ang)
 
     def level(self, sl, al, y_level_px):
         """Restrict an alpha to the part above a horizontal image row (air-fluid level)."""
@@ -141,11 +146,11 @@ class _Patient:
             self.a = u(125, 170)
             self.b = self.a * {"thorax": u(0.62, 0.78), "abdomen": u(0.64, 0.84),
                                "pelvis": u(0.58, 0.72)}[region]
-        self.harm = self._harm(6, 0.035)
+        self.harm = self._harm(6, 0.015 if region == "head" else 0.035)
         self.fat = {"thorax": u(5, 25), "abdomen": u(10, 40), "pelvis": u(15, 45),
-                    "head": u(1, 3)}[region]
+                    "head": u(0.5, 1.5)}[region]
         self.muscle = {"thorax": u(10, 20), "abdomen": u(6, 14), "pelvis": u(8, 16),
-                       "head": u(3, 6)}[region]
+                       "head": u(2, 4)}[region]
         self.back = u(12, 25)  # extra muscle thickness behind the cavity (mm)
         self.drift = [self._drift() for _ in range(24)]
         getattr(self, "_draw_" + region)()
@@ -490,7 +495,7 @@ class _Patient:
         if pk > 0.2:
             for sgn, sz in ((-1, self.kid[0]), (1, self.kid[1])):
                 x, y = sgn * (vr + 45), vy - 5 + self.kid[2]
-                ka, kb, ang = 26 * pk * sz, 36 * pk * sz, sgn * 0.5
+                ka, kb, ang = 22 * pk * sz, 29 * pk * sz, sgn * 0.5
                 cv.paint(self.hu_fat + 20, x, y, ka + 6, kb + 6, ang)  # perirenal fat
                 cv.paint(55.0, x, y, ka, kb, ang)
                 cv.paint(30.0, x, y, ka - 6, kb - 6, ang)
@@ -513,15 +518,20 @@ class _Patient:
                      sgn * 0.35)
         self._bowel(cv, z, self.bowel, cx, cy - 0.25 * cb, 0.7 * ca, 0.6 * cb)
         c, s = self.hu_cort, self.hu_canc
+        vr = self.vert_r
+        ys = cy + cb - 0.6 * vr  # sacrum
         il_s, il_ang = self.ilium
         pi = _ramp(z, 70, 130)
-        if pi > 0.05:  # iliac wings with iliacus muscle in front
+        pelvis = []
+        if pi > 0.05:  # iliac wings from the sacroiliac joint to anterolateral, iliacus inside
             for sgn in (-1, 1):
-                L = 0.48 * ca * il_s * (0.5 + 0.5 * pi)
-                x, y = sgn * 0.6 * ca, cy + 0.35 * cb
-                ang = sgn * np.deg2rad(il_ang + 10 * d[9](z))
-                cv.paint(self.hu_muscle, x - sgn * 14, y - 14, L, 14, ang)
-                cv.bone(x, y, L, 6 + 4 * (1 - pi), ang, 1.5, c, s)
+                L = 0.3 * ca * il_s * (0.6 + 0.4 * pi)
+                ang = np.deg2rad(il_ang + 8 * d[9](z))
+                x = sgn * (2.0 * vr + L * np.cos(ang))
+                y = ys - L * np.sin(ang)
+                cv.paint(self.hu_muscle, x - sgn * 10 * np.sin(ang), y - 10 * np.cos(ang),
+                         L, 10, -sgn * ang)
+                pelvis.append((x, y, L + 4, 5 + 5 * (1 - pi), -sgn * ang))
         pf = _ramp(z, 110, 50)
         if pf > 0.05:  # acetabulum / femoral heads, pubis at the bottom
             for sgn in (-1, 1):
@@ -535,15 +545,19 @@ class _Patient:
         pb = _bump(z, -30, 110) * self.bladder
         if pb > 0.2:
             cv.paint(10.0, 0, cy - 0.35 * cb, 0.35 * ca * pb, 0.35 * cb * pb)
-        # rectum, then sacrum (or L5 higher up)
-        vr = self.vert_r
-        cv.paint(30.0, 0, cy + cb - 2.6 * vr, 15, 13)
-        cv.paint(-600.0 if d[10](z) > 0 else 10.0, 0, cy + cb - 2.6 * vr, 11, 9)
+        # rectum, then sacrum with its alae (or L5 higher up)
+        cv.paint(30.0, 0, ys - 1.8 * vr, 15, 13)
+        cv.paint(-600.0 if d[10](z) > 0 else 10.0, 0, ys - 1.8 * vr, 11, 9)
         if z > 150:
             self._vertebra(cv, 0, cy + cb - vr + 2, vr)
         elif z > 40:
-            w = 1.0 + 1.3 * _ramp(z, 50, 140)
-            cv.bone(0, cy + cb - 0.6 * vr, vr * w, 0.75 * vr, 0, 2.0, c, s)
+            w = 0.4 + 0.6 * _ramp(z, 40, 130)
+            pelvis += [(sgn * 1.2 * vr, ys + 0.1 * vr, vr * w, 0.55 * vr, sgn * 0.25)
+                       for sgn in (-1, 1)]
+            pelvis.append((0, ys, 1.1 * vr * (0.6 + 0.4 * w), 0.7 * vr, 0))
+        cv.bones(pelvis, 1.5, c, s)
+        if 40 < z <= 150:
+            cv.paint(20.0, 0, ys + 0.75 * vr, 0.45 * vr, 0.2 * vr)  # sacral canal
 
     def _paint_head(self, cv, z, a, b):
         o, dip, inn = self.skull
