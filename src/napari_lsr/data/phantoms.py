@@ -252,8 +252,8 @@ class _Patient:
         pts = np.concatenate([np.stack(self.outline(z), 0) for z in zs], 1)
         cr, sr = np.cos(rot), np.sin(rot)
         x, y = cr * pts[0] - sr * pts[1], sr * pts[0] + cr * pts[1]
-        # room below the body for the table (mm), counted in the body's own scale
-        room = (table["t"] + table["gap"] + 2.0) if table["on"] else 2.0
+        # room below the body for the table (mm), kept with or without it (same pose)
+        room = table["t"] + table["gap"] + 2.0
         rmax = _FIT * size * pixel_mm
         scale = 1.0
         for _ in range(3):  # shrink the patient if the field is too small for it
@@ -267,7 +267,10 @@ class _Patient:
             if r <= rmax and np.hypot(np.abs(x).max() * 0.5, bottom) <= rmax:
                 break
             shift *= 0.8
-        table["y"] = y.max() + shift[1] + table["gap"]
+        # top of the curved plate at x = 0, so that the plate clears the body everywhere
+        xs, R = x + shift[0], table["R"]
+        sag = R - np.sqrt(np.maximum(R * R - xs * xs, 0.0))
+        table["y"] = (y + shift[1] + sag).max() + table["gap"]
         return scale, rot, shift, table
 
     # -- rendering ------------------------------------------------------------------------
@@ -325,8 +328,12 @@ class _Patient:
 
     def paint_body(self, cv, z):
         a, b = self.body_axes(z)
-        cv.paint(self.hu_fat if self.region != "head" else 20.0, 0, 0, a, b, 0, self.harm)
+        sl, al = cv.paint(self.hu_fat if self.region != "head" else 20.0, 0, 0, a, b, 0,
+                          self.harm)
         getattr(self, "_paint_" + self.region)(cv, z, a, b)
+        inside = np.zeros_like(cv.img)
+        inside[sl] = al
+        cv.img += (1.0 - inside) * (-1000.0 - cv.img)  # nothing pokes out of the skin
 
     # -- shared anatomy -------------------------------------------------------------------
     def _trunk(self, cv, z, a, b):
@@ -336,11 +343,16 @@ class _Patient:
         m = self.muscle * (1 + 0.15 * d[3](z))
         cv.paint(self.hu_muscle, 0, 0, a - f, b - f, 0, self.harm)
         ca, cb = a - f - m, b - f - m - self.back / 2
+        # deepest allowed spinous-process tip: muscle boundary behind the spine, minus 5 mm
+        self._spine_lim = (b - f) * (1 + np.real(np.sum(self.harm * 1j ** np.arange(
+            1, self.harm.size + 1)))) - 5
         return 0.0, -self.back / 2, ca, cb
 
     def _vertebra(self, cv, x, y, r, arch=True):
-        """Vertebral body (cortical shell, cancellous core) with canal and posterior arch."""
+        """Vertebral body (cortical shell, cancellous core) with canal and posterior arch;
+        moved forward if the arch would not fit in the back muscle."""
         c, s = self.hu_cort, self.hu_canc
+        y = min(y, self._spine_lim - 3.85 * r)
         post = 0.5 * (c + s)
         if arch:
             yc = y + r + 0.55 * r
