@@ -63,6 +63,8 @@ class _Canvas:
 
         ``harm`` is a complex array c_k (k = 1..K): radius(theta) = 1 + Re(sum c_k e^{ik theta}).
         """
+        if a <= 0 or b <= 0:
+            return None
         px, py = self.to_px(x, y)
         a, b = a * self.k, b * self.k
         amp = 1.0
@@ -152,6 +154,9 @@ class _Patient:
         self.muscle = {"thorax": u(10, 20), "abdomen": u(6, 14), "pelvis": u(8, 16),
                        "head": u(2, 4)}[region]
         self.back = u(12, 25)  # extra muscle thickness behind the cavity (mm)
+        self.n_ribs = int(u(7, 10))  # per side
+        self.rib_phase = u(0, 1)
+        self.rib_tilt = u(0.004, 0.008)  # revolutions of the rib pattern per mm of z
         self.drift = [self._drift() for _ in range(24)]
         getattr(self, "_draw_" + region)()
 
@@ -169,15 +174,25 @@ class _Patient:
         L, ph = self.rng.uniform(150, 500), self.rng.uniform(0, 2 * np.pi)
         return lambda z: np.sin(2 * np.pi * z / L + ph)
 
-    def _tubes(self, n, r_lo, r_hi, spread, slope=0.3):
-        """n tubes: (x0, y0) in the unit disc, drift per mm of z, radius in mm, phase."""
+    def _tubes(self, n, r_lo, r_hi, spread, slope, h_lo, h_hi):
+        """n tubes (vessels, bowel): centre (x, y) in the unit disc at height z0, drift
+        (vx, vy) in mm per mm of z, radius r (mm), half length h (mm), a random kind."""
         rng = self.rng
         ang = rng.uniform(0, 2 * np.pi, n)
         rad = spread * np.sqrt(rng.uniform(0, 1, n))
+        lo, hi = _Z_RANGE[self.region]
         return dict(x=rad * np.cos(ang), y=rad * np.sin(ang),
                     vx=rng.normal(0, slope, n), vy=rng.normal(0, slope, n),
                     r=rng.uniform(r_lo, r_hi, n), kind=rng.uniform(0, 1, n),
-                    z0=rng.uniform(-50, 300, n), h=rng.uniform(30, 150, n))
+                    z0=rng.uniform(lo - 30, hi + 30, n), h=rng.uniform(h_lo, h_hi, n))
+
+    @staticmethod
+    def _tube_cut(tubes, z):
+        """Indices of tubes crossing z, their in-plane centres (unit-disc units, before
+        drift in mm) and radius factor (ellipsoid-like ends, so they appear smoothly)."""
+        t = (z - tubes["z0"]) / tubes["h"]
+        idx = np.flatnonzero(np.abs(t) < 0.999)
+        return idx, np.sqrt(1.0 - t[idx] ** 2), z - tubes["z0"][idx]
 
     # -- per-region draws -----------------------------------------------------------------
     def _draw_thorax(self):
@@ -185,11 +200,8 @@ class _Patient:
         self.lung_hu = u(-880, -820)
         self.lung_harm = [self._harm(5, 0.05), self._harm(5, 0.05)]
         self.heart = (u(0.08, 0.2), u(-0.25, -0.1), u(0.3, 0.4), u(-45, -20))  # x, y, size, deg
-        n = int(u(45, 80))
-        self.vessels = [self._tubes(n, 0.4, 2.5, 0.85, slope=0.6) for _ in range(2)]
-        self.n_ribs = int(u(7, 10))
-        self.rib_phase = u(0, 1)
-        self.rib_tilt = u(0.004, 0.008)  # revolutions of the rib pattern per mm of z
+        n = int(u(120, 220))
+        self.vessels = [self._tubes(n, 0.5, 2.5, 0.95, 0.5, 15, 60) for _ in range(2)]
         self.vert_r = u(13, 17)
         self.scap = u(0.5, 1.0)
 
@@ -198,14 +210,14 @@ class _Patient:
         self.visc = u(-0.15, 0.25)  # visceral fat amount (relative)
         self.liver_harm = self._harm(5, 0.06)
         self.spleen = u(0.7, 1.2)
-        self.bowel = self._tubes(int(u(8, 18)), 9, 22, 0.75, slope=0.15)
+        self.bowel = self._tubes(int(u(25, 45)), 9, 22, 0.75, 0.3, 30, 90)
         self.vert_r = u(16, 21)
         self.kid = (u(0.85, 1.15), u(0.85, 1.15), u(-10, 10))
 
     def _draw_pelvis(self):
         u = self.rng.uniform
         self.visc = u(-0.1, 0.25)
-        self.bowel = self._tubes(int(u(5, 12)), 8, 18, 0.6, slope=0.15)
+        self.bowel = self._tubes(int(u(12, 25)), 8, 18, 0.6, 0.3, 30, 90)
         self.bladder = u(0.6, 1.2)
         self.vert_r = u(17, 22)
         self.ilium = (u(0.9, 1.1), u(35, 50))
@@ -363,19 +375,32 @@ class _Patient:
             cv.paint(20.0, x, yc, 0.5 * r, 0.45 * r)  # canal (cord + CSF)
         cv.bone(x, y, 1.15 * r, r, 0, 1.5, c, s)
 
+    def _ribs(self, cv, z, cx, cy, ca, cb, lo_deg, hi_deg, presence=1.0):
+        """Ribs just outside the cavity between lo_deg and hi_deg (0 = lateral, 90 =
+        posterior) on both sides; the pattern turns with z, ribs taper at the arc ends."""
+        n = self.n_ribs
+        for i in range(n):
+            t = (i + self.rib_phase + z * self.rib_tilt * n) % n / n
+            f = presence * np.sqrt(np.sin(np.pi * t))
+            if f < 0.1:
+                continue
+            ang = np.deg2rad(lo_deg + (hi_deg - lo_deg) * t)
+            for sgn in (-1, 1):
+                x, y = sgn * (ca + 3) * np.cos(ang), (cb + 3) * np.sin(ang)
+                cv.bone(cx + x, cy + y, 7.0 * f, 4.0 * f, np.arctan2(y, x) + np.pi / 2, 1.2,
+                        self.hu_cort, self.hu_canc)
+
     def _bowel(self, cv, z, tubes, cx, cy, ca, cb):
         """Bowel loops: wall, then fluid, stool or gas (with air-fluid level)."""
         k = cv.k
-        for i in range(tubes["x"].size):
-            pres = _bump(z, tubes["z0"][i] - tubes["h"][i], tubes["z0"][i] + tubes["h"][i])
-            if pres < 0.3:
+        idx, prof, dz = self._tube_cut(tubes, z)
+        for i, pres, dzi in zip(idx, prof, dz):
+            x = cx + ca * tubes["x"][i] + tubes["vx"][i] * dzi
+            y = cy + cb * tubes["y"][i] + tubes["vy"][i] * dzi
+            rr = (x - cx) ** 2 / ca ** 2 + (y - cy) ** 2 / cb ** 2
+            r = tubes["r"][i] * min(1.0, 1.5 * pres) * np.clip((0.8 - rr) / 0.2, 0.0, 1.0)
+            if r < 0.5:
                 continue
-            dz = z - tubes["z0"][i]
-            x = cx + ca * (tubes["x"][i] + tubes["vx"][i] * dz / ca)
-            y = cy + cb * (tubes["y"][i] + tubes["vy"][i] * dz / cb)
-            if (x - cx) ** 2 / ca ** 2 + (y - cy) ** 2 / cb ** 2 > 0.7:
-                continue
-            r = tubes["r"][i] * min(1.0, 1.5 * pres)
             cv.paint(self.hu_blood, x, y, r, 0.85 * r, tubes["vx"][i])
             kind = tubes["kind"][i]
             content = 15.0 if kind < 0.4 else (-150.0 if kind < 0.6 else 10.0)
@@ -389,78 +414,80 @@ class _Patient:
 
     # -- regions --------------------------------------------------------------------------
     def _paint_thorax(self, cv, z, a, b):
-        d, rng_drift = self.drift, self.drift
+        d = self.drift
         cx, cy, ca, cb = self._trunk(cv, z, a, b)
         # scapulae in the back muscle (upper thorax)
-        if z > 110:
-            for sgn in (-1, 1):
-                cv.bone(sgn * 0.55 * a, b * 0.55, 45 * self.scap * _ramp(z, 110, 170) + 4, 5,
-                        sgn * 0.5, 1.5, self.hu_cort, self.hu_canc)
-        # cavity: mediastinal fat
-        cv.paint(self.hu_fat + 10, cx, cy, ca, cb, 0, self.harm)
-        # ribs around the cavity wall
-        n = self.n_ribs
+        psc = _ramp(z, 100, 170)
         for sgn in (-1, 1):
-            for i in range(n):
-                t = (i + self.rib_phase + z * self.rib_tilt * n) % n / n
-                ang = np.deg2rad(-70 + 155 * t)  # from anterior (-70 deg) to posterior (85)
-                if sgn < 0:
-                    ang = np.pi - ang
-                x, y = cx + (ca + 3) * np.cos(ang), cy + (cb + 3) * np.sin(ang)
-                cv.bone(x, y, 7.0, 4.0, ang + np.pi / 2, 1.2, self.hu_cort, self.hu_canc)
+            cv.bone(sgn * 0.55 * a, b * 0.55, 50 * self.scap * psc, 5 * min(1.0, 4 * psc),
+                    sgn * 0.5, 1.5, self.hu_cort, self.hu_canc)
+        # cavity: mediastinal fat, ribs around it (from anterior -70 deg to posterior 85 deg)
+        cv.paint(self.hu_fat + 10, cx, cy, ca, cb, 0, self.harm)
+        self._ribs(cv, z, cx, cy, ca, cb, -70, 85)
         # lungs, each with its own alpha for vessels
-        size_l = 0.65 + 0.35 * _ramp(z, 250, 120)
+        size_l = 0.55 + 0.45 * _ramp(z, 260, 180)
         lung = np.zeros_like(cv.img)
         lungs = []
         for i, sgn in enumerate((-1, 1)):
             la = ca * 0.47 * (1 + 0.05 * d[4 + i](z)) * (0.5 + 0.5 * size_l)
-            lb = cb * 0.88 * size_l
+            lb = cb * 0.9 * size_l
             lx = cx + sgn * (ca - la - 2)
-            ly = cy + cb - lb - 6
+            ly = cy + 0.6 * (cb - lb) - 4
             res = cv.paint(self.lung_hu, lx, ly, la, lb, sgn * 0.1, self.lung_harm[i])
             if res is not None:
                 lung[res[0]] = np.maximum(lung[res[0]], res[1])
             lungs.append((lx, ly, la, lb))
         # liver dome under the right lung at the bottom of the thorax
-        if z < 50:
+        s = _ramp(z, 50, 0)
+        if s > 0:
             lx, ly, la, lb = lungs[0]
-            s = _ramp(z, 50, 0)
             res = cv.paint(60.0, lx + 0.1 * la, ly + 0.2 * lb, la * s * 1.1, lb * s * 0.9)
             if res is not None:
                 lung[res[0]] *= 1 - res[1]
         # heart with epicardial fat
         hx, hy, hs, hang = self.heart
         ph = _bump(z, -40, 140)
-        if ph > 0.2:
+        if ph > 0:
             r = hs * ca * ph * (1 + 0.05 * d[6](z))
             x, y = cx + hx * ca, cy + hy * cb
-            cv.paint(self.hu_fat + 20, x, y, 1.15 * r + 4, 0.85 * r + 4, np.deg2rad(hang))
+            f = 4.0 * min(1.0, 5 * ph)  # epicardial fat
+            cv.paint(self.hu_fat + 20, x, y, 1.15 * r + f, 0.85 * r + f, np.deg2rad(hang))
             res = cv.paint(self.hu_blood, x, y, 1.15 * r, 0.85 * r, np.deg2rad(hang))
-            lung[res[0]] *= 1 - res[1]
+            if res is not None:
+                lung[res[0]] *= 1 - res[1]
         # great vessels, trachea, oesophagus
         vy = cy + cb - 2.2 * self.vert_r - 4
         res = cv.paint(self.hu_blood, 0.3 * self.vert_r + 14, vy, 12, 12)  # descending aorta
         if res is not None:
             lung[res[0]] *= 1 - res[1]
-        if z > 130:
-            ty = vy - 18
-            cv.paint(self.hu_blood + 10, 0, ty, 11, 10)
-            cv.paint(-1000.0, 0, ty, 8.5, 7.5)
-        elif z > 80:
-            cv.paint(self.hu_blood, -8, cy - 0.25 * cb, 14, 14)  # ascending aorta
-            cv.paint(-950.0, -5, vy - 14, 8, 6)  # main bronchus region
+        pt = _ramp(z, 115, 140)  # trachea above the carina, main bronchi around it
+        cv.paint(self.hu_blood + 10, 0, vy - 18, 11 * pt, 10 * pt)
+        cv.paint(-1000.0, 0, vy - 18, 8.5 * pt, 7.5 * pt)
+        pb = _bump(z, 70, 135)
+        for sgn in (-1, 1):
+            cv.paint(-950.0, sgn * 14 * (1.5 - pb), vy - 14, 6 * pb, 5 * pb)
+        cv.paint(self.hu_blood, -8, cy - 0.25 * cb, 14 * pb, 14 * pb)  # ascending aorta
+        pa = _bump(z, 125, 180)  # aortic arch, from anterior right to posterior left
+        for v, (x, y, ra, rb, ang) in ((pa, (6, cy - 0.05 * cb, 40, 12, 0.9)),
+                                      (_bump(z, 85, 185), (-25, cy - 0.2 * cb, 10, 9, 0))):
+            res = cv.paint(self.hu_blood, x, y, ra * v, rb * v, ang)  # arch, SVC
+            if res is not None:
+                lung[res[0]] *= 1 - res[1]
+        pg = _ramp(z, 165, 185)  # supra-aortic arteries
+        for x, y, r in ((-12, -0.35, 6), (2, -0.3, 4.5), (16, -0.2, 5)):
+            cv.paint(self.hu_blood, x, cy + y * cb, r * pg, r * pg)
         # lung vessels: tubes through each lung, restricted to the lung alpha
         for (lx, ly, la, lb), tub in zip(lungs, self.vessels):
-            dz = z - 120.0
-            x = tub["x"] + tub["vx"] * dz / la
-            y = tub["y"] + tub["vy"] * dz / lb
-            ok = x * x + y * y < 0.9
-            dist = np.hypot(x - (-np.sign(lx)) * 0.6, y)  # bigger towards the hilum
-            r = tub["r"] * np.clip(1.5 - 0.6 * dist, 0.3, 1.5)
-            for j in np.flatnonzero(ok):
-                el = min(np.hypot(tub["vx"][j], tub["vy"][j]) + 1, 4.0)
+            idx, prof, dz = self._tube_cut(tub, z)
+            x = tub["x"][idx] + tub["vx"][idx] * dz / la
+            y = tub["y"][idx] + tub["vy"][idx] * dz / lb
+            dist = np.hypot(x + np.sign(lx) * 0.6, y)  # bigger towards the hilum
+            r = tub["r"][idx] * np.clip(1.6 - 0.8 * dist, 0.3, 1.6) * prof
+            for j in np.flatnonzero(x * x + y * y < 1.1):
+                i = idx[j]
+                el = min(np.hypot(tub["vx"][i], tub["vy"][i]) + 1, 4.0)
                 cv.paint(self.hu_blood, lx + la * x[j], ly + lb * y[j], r[j] * el, r[j],
-                         np.arctan2(tub["vy"][j], tub["vx"][j]), within=lung)
+                         np.arctan2(tub["vy"][i], tub["vx"][i]), within=lung)
         # sternum and spine
         cv.bone(0, cy - cb - 0.6 * self.muscle, 13, 6, 0, 1.5, self.hu_cort, self.hu_canc)
         self._vertebra(cv, 0, cy + cb - self.vert_r + 4, self.vert_r)
@@ -473,28 +500,24 @@ class _Patient:
         s = 1.0 - 0.5 * max(self.visc, 0.0)
         vr = self.vert_r
         vy = cy + cb - vr + 2
-        # lower ribs laterally in the upper abdomen
-        if z > 120:
-            for sgn in (-1, 1):
-                for t in (0.0, 0.45):
-                    ang = np.deg2rad(20 + 40 * t + 10 * d[7](z))
-                    x = sgn * (ca + 2) * np.cos(ang)
-                    cv.bone(x, cy + (cb + 2) * np.sin(ang) - 0.4 * cb, 7, 4, 0.5 * sgn,
-                            1.2, self.hu_cort, self.hu_canc)
+        # lower ribs in the upper abdomen
+        pr = _ramp(z, 90, 170)
+        if pr > 0:
+            self._ribs(cv, z, cx, cy, ca, cb, -40, 85, pr)
         self._bowel(cv, z, self.bowel, cx, cy - 0.1 * cb, ca * s, cb * s)
         # liver (patient right = image left), spleen, stomach
         pl = _ramp(z, 30, 150)
-        if pl > 0.1:
+        if pl > 0:
             la, lb = 0.55 * ca * pl, 0.7 * cb * (0.4 + 0.6 * pl)
             cv.paint(60.0 + 5 * d[8](z), cx - ca + la + 3, cy - 0.1 * cb, la, lb, -0.3,
                      self.liver_harm)
             # portal vein / hepatic vessels
             cv.paint(self.hu_blood - 10, cx - ca + 1.2 * la, cy, 7 * pl, 6 * pl)
         ps = _bump(z, 100, 230) * self.spleen
-        if ps > 0.2:
+        if ps > 0:
             cv.paint(50.0, cx + 0.72 * ca, cy + 0.45 * cb, 0.2 * ca * ps, 0.3 * cb * ps, 0.6)
         pst = _bump(z, 110, 230)
-        if pst > 0.2:
+        if pst > 0:
             x, y = cx + 0.35 * ca, cy - 0.35 * cb
             r = 0.25 * ca * pst
             cv.paint(self.hu_blood, x, y, r, 0.7 * r, 0.3)
@@ -504,7 +527,7 @@ class _Patient:
                 cv.img[res[0]] += al * (-1000.0 - cv.img[res[0]])
         # kidneys: cortex, medulla, sinus fat
         pk = _bump(z, 20, 150)
-        if pk > 0.2:
+        if pk > 0:
             for sgn, sz in ((-1, self.kid[0]), (1, self.kid[1])):
                 x, y = sgn * (vr + 45), vy - 5 + self.kid[2]
                 ka, kb, ang = 22 * pk * sz, 29 * pk * sz, sgn * 0.5
@@ -535,31 +558,32 @@ class _Patient:
         il_s, il_ang = self.ilium
         pi = _ramp(z, 70, 130)
         pelvis = []
-        if pi > 0.05:  # iliac wings from the sacroiliac joint to anterolateral, iliacus inside
+        if pi > 0:  # iliac wings from the sacroiliac joint to anterolateral, iliacus inside
             for sgn in (-1, 1):
-                L = 0.3 * ca * il_s * (0.6 + 0.4 * pi)
+                L = 0.3 * ca * il_s * np.sqrt(pi)
                 ang = np.deg2rad(il_ang + 8 * d[9](z))
                 x = sgn * (2.0 * vr + L * np.cos(ang))
                 y = ys - L * np.sin(ang)
                 cv.paint(self.hu_muscle, x - sgn * 10 * np.sin(ang), y - 10 * np.cos(ang),
                          L, 10, -sgn * ang)
-                pelvis.append((x, y, L + 4, 5 + 5 * (1 - pi), -sgn * ang))
+                pelvis.append((x, y, L * 1.15, 5 + 5 * (1 - pi), -sgn * ang))
         pf = _ramp(z, 110, 50)
-        if pf > 0.05:  # acetabulum / femoral heads, pubis at the bottom
+        if pf > 0:  # acetabulum / femoral heads, pubis at the bottom
+            pp = _ramp(z, 35, 15)
             for sgn in (-1, 1):
-                r = self.femur_r * (0.4 + 0.6 * pf)
+                r = self.femur_r * np.sqrt(pf)
                 x, y = sgn * 0.62 * ca, cy + 0.1 * cb
-                cv.bone(x, y, r + 6, r + 4, 0, 2.0, c, s)  # acetabular rim
-                cv.paint(-50.0, x, y, r + 1, r + 1)  # joint space / cartilage
+                cv.bone(x, y, 1.3 * r, 1.2 * r, 0, 2.0, c, s)  # acetabular rim
+                cv.paint(-50.0, x, y, 1.05 * r, 1.05 * r)  # joint space / cartilage
                 cv.bone(x, y, r, r, 0, 1.5, c, s)
-                if z < 30:
-                    cv.bone(sgn * 0.25 * ca, cy - 0.75 * cb, 22, 8, sgn * 0.3, 1.5, c, s)
+                cv.bone(sgn * 0.25 * ca, cy - 0.75 * cb, 22 * pp, 8 * pp, sgn * 0.3, 1.5, c, s)
         pb = _bump(z, -30, 110) * self.bladder
-        if pb > 0.2:
+        if pb > 0:
             cv.paint(10.0, 0, cy - 0.35 * cb, 0.35 * ca * pb, 0.35 * cb * pb)
         # rectum, then sacrum with its alae (or L5 higher up)
         cv.paint(30.0, 0, ys - 1.8 * vr, 15, 13)
-        cv.paint(-600.0 if d[10](z) > 0 else 10.0, 0, ys - 1.8 * vr, 11, 9)
+        gas = float(np.clip(0.5 + 2.0 * d[10](z), 0.0, 1.0))  # gas <-> stool, smooth in z
+        cv.paint(10.0 - 610.0 * gas, 0, ys - 1.8 * vr, 11, 9)
         if z > 150:
             self._vertebra(cv, 0, cy + cb - vr + 2, vr)
         elif z > 40:
@@ -594,7 +618,7 @@ class _Patient:
         # falx and ventricles
         cv.paint(45.0, 0, 0, 1.0, gb - 2)
         pv = _bump(z, 25, 115) * self.vent[0]
-        if pv > 0.2:
+        if pv > 0:
             for sgn in (-1, 1):
                 cv.paint(5.0, sgn * 6 * self.vent[1], -0.05 * gb, 5 * pv + 1, 0.3 * gb * pv,
                          sgn * 0.15)
