@@ -1,0 +1,113 @@
+"""VAE prior: shapes, HU mapping, determinism, checkpoint round trip and bad files."""
+
+import pytest
+import torch
+
+from napari_lsr.model import VAE, VAEConfig, load_model, save_checkpoint
+from napari_lsr.model.checkpoint import DEFAULT_PATH
+
+TINY = dict(image_size=32, latent_dim=8, base_channels=4, channel_mults=(1, 2, 4, 8),
+            attn_heads=2, pixel_size_mm=12.0)
+
+
+@pytest.fixture
+def tiny():
+    torch.manual_seed(0)
+    return VAE(VAEConfig(**TINY)).eval()
+
+
+@pytest.fixture
+def ckpt(tiny, tmp_path):
+    return save_checkpoint(tiny, tmp_path / "p.pt", {"data": "test"})
+
+
+def test_shapes_and_range(tiny):
+    x = torch.rand(3, 1, 32, 32)
+    recon, mu, logvar = tiny(x)
+    assert recon.shape == x.shape and mu.shape == logvar.shape == (3, 8)
+    assert 0.0 <= recon.min() and recon.max() <= 1.0
+    assert tiny.decode_hu(mu).shape == (3, 32, 32)
+
+
+def test_hu_mapping_fixed(tiny):
+    hu = torch.tensor([-1024.0, 0.0, 3071.0])
+    assert torch.allclose(tiny.from_hu(hu), torch.tensor([0.0, 1024 / 4095, 1.0]))
+    assert torch.allclose(tiny.to_hu(tiny.from_hu(hu)), hu)
+
+
+def test_decode_batch_one_equals_batch_many(tiny):
+    z = torch.randn(5, 8)
+    many = tiny.decode(z)
+    ones = torch.cat([tiny.decode(z[i:i + 1]) for i in range(5)])
+    assert torch.allclose(many, ones, atol=1e-6)
+    assert torch.equal(tiny.decode(z), many)  # deterministic in eval mode
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="image_size"):
+        VAEConfig(image_size=36, channel_mults=(1, 2, 4, 8))
+
+
+def test_checkpoint_round_trip_exact(tiny, ckpt):
+    m = load_model(ckpt)
+    assert not m.training and m.config == tiny.config
+    assert m.training_summary == {"data": "test"}
+    for k, v in tiny.state_dict().items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    z = torch.randn(4, 8)
+    assert torch.equal(m.decode(z), tiny.decode(z))
+
+
+def test_half_checkpoint_and_gradient_to_z(tiny, tmp_path):
+    p = save_checkpoint(tiny, tmp_path / "h.pt", {}, half=True)
+    m = load_model(p)
+    assert all(v.dtype == torch.float32 for v in m.state_dict().values() if v.is_floating_point())
+    z = torch.randn(1, 8, requires_grad=True)
+    assert torch.allclose(m.decode(z), tiny.decode(z), atol=1e-2)
+    m.decode(z).sum().backward()  # weights frozen, z still gets a gradient
+    assert z.grad is not None and z.grad.abs().sum() > 0
+
+
+def _expect_value_error(path, match):
+    with pytest.raises(ValueError, match=match) as e:
+        load_model(path)
+    assert str(path) in str(e.value)
+
+
+def test_corrupt_and_truncated_files(ckpt, tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a checkpoint at all" * 10)
+    _expect_value_error(junk, "corrupt, truncated")
+    trunc = tmp_path / "trunc.pt"
+    trunc.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])
+    _expect_value_error(trunc, "corrupt, truncated")
+
+
+def test_wrong_format_and_mismatch(tiny, ckpt, tmp_path):
+    bare = tmp_path / "bare.pt"
+    torch.save(tiny.state_dict(), bare)
+    _expect_value_error(bare, "not a napari-lsr prior")
+    d = torch.load(ckpt, weights_only=True)
+    for name, edit, match in [
+        ("nokeys.pt", lambda d: d.pop("state_dict"), "lacks"),
+        ("version.pt", lambda d: d.update(version=99), "version"),
+        ("mismatch.pt", lambda d: d["config"].update(latent_dim=16), "do not match"),
+        ("unknown.pt", lambda d: d["config"].update(colour="red"), "unknown config"),
+    ]:
+        bad = {**d, "config": dict(d["config"])}
+        edit(bad)
+        torch.save(bad, tmp_path / name)
+        _expect_value_error(tmp_path / name, match)
+    with pytest.raises(FileNotFoundError):
+        load_model(tmp_path / "missing.pt")
+
+
+@pytest.mark.skipif(not DEFAULT_PATH.is_file(), reason="bundled default prior not present")
+def test_bundled_default_loads():
+    m = load_model()
+    assert m.config.image_size == 256 and m.config.pixel_size_mm == 1.5
+    assert m.training_summary["steps"] > 0
+    assert DEFAULT_PATH.stat().st_size <= 20 * 2**20
+    with torch.no_grad():
+        img = m.decode_hu(torch.zeros(1, m.config.latent_dim))
+    assert img.shape == (1, 256, 256) and torch.isfinite(img).all()
