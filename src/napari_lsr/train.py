@@ -1,0 +1,458 @@
+"""Train a VAE prior: Python (:func:`train`) and CLI (``napari-lsr train``).
+
+Objective (per batch, images normalised with the fixed HU map of :class:`VAEConfig`)::
+
+    loss = mean_pixels(w * |x_hat - x|) + beta(t) * KL(q(z|x) || N(0, I)) / n_pixels
+    w    = 1 + soft_tissue_weight inside [-200, 300] HU, else 1
+    beta(t) ramps linearly from 0 to ``beta`` over ``kl_warmup_steps``
+
+Adam, linear warm-up then cosine learning-rate decay, gradient-norm clipping. One "epoch" is
+``epoch_steps`` steps (phantom data are unlimited); after each, validation on fixed slices
+(MAE in HU inside the body, PSNR, SSIM from scikit-image), best and last checkpoints, history
+JSON and plot next to ``out``, early stopping after ``patience`` epochs without improvement.
+
+Data seeds (documented so evaluation never sees training data):
+  training phantoms   seeds 0 .. 999_999          (TRAIN_SEEDS)
+  validation phantoms seeds 5_000_000 + k          (VAL_SEED0)
+  held-out evaluation seeds >= 10_000_000          (EVAL_SEED0, :func:`evaluate_reconstruction`)
+
+User data (``data``: files/folders readable by ``napari_lsr.data.readers.read_ct``) and the
+bundled real slices (``real_slices=True``) are resampled to the model's pixel size and size and
+mixed in with probability ``data_fraction``, augmented by random left-right flips and small
+rotations. Multi-GPU / multi-node: launch with ``torchrun``; with WORLD_SIZE > 1 a process
+group is created (nccl on CUDA, gloo on CPU), each rank draws its own disjoint phantom seeds,
+gradients are averaged by DDP and rank 0 alone validates and writes files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from .model.vae import VAE, VAEConfig
+
+TRAIN_SEEDS = 1_000_000
+VAL_SEED0 = 5_000_000
+EVAL_SEED0 = 10_000_000
+SOFT_TISSUE_HU = (-200.0, 300.0)
+
+
+@dataclass
+class TrainConfig:
+    """Training settings; lengths in steps, times in minutes, pixel size in mm."""
+
+    out: str = "prior.pt"                 # best checkpoint; also <stem>_last.pt, _history.*
+    image_size: int = 256
+    pixel_size_mm: float = 1.5
+    latent_dim: int = 128
+    base_channels: int = 8
+    channel_mults: tuple = (1, 2, 4, 8, 16, 32)
+    attn_heads: int = 4
+    steps: int = 20_000                   # total optimiser steps (sets the cosine schedule)
+    epoch_steps: int = 250
+    batch_size: int = 8
+    lr: float = 1e-3
+    min_lr_fraction: float = 0.05
+    warmup_steps: int = 200
+    beta: float = 0.02
+    kl_warmup_steps: int = 2_000
+    soft_tissue_weight: float = 1.0
+    grad_clip: float = 1.0
+    val_n: int = 32
+    patience: int = 8                     # epochs without val-MAE improvement before stopping
+    max_minutes: float | None = None      # wall-time budget; stops after the epoch that hits it
+    phantoms: bool = True
+    data: list = field(default_factory=list)
+    real_slices: bool = False
+    data_fraction: float = 0.25
+    augment: bool = True
+    resume: bool = False
+    device: str = "auto"
+    threads: int | None = None
+    seed: int = 0
+    half: bool = False                    # store float16 weights (half the file size)
+    progress: bool = True
+
+    def vae_config(self) -> VAEConfig:
+        return VAEConfig(image_size=self.image_size, latent_dim=self.latent_dim,
+                         base_channels=self.base_channels, channel_mults=tuple(self.channel_mults),
+                         attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm)
+
+
+def _paths(out) -> dict:
+    out = Path(out)
+    stem = out.with_suffix("")
+    return {"best": out, "last": Path(f"{stem}_last.pt"),
+            "plot": Path(f"{stem}_history.png"), "json": Path(f"{stem}_history.json")}
+
+
+# -- data -----------------------------------------------------------------------------------
+def phantom_batch(seeds, size: int, pixel_size_mm: float) -> np.ndarray:
+    """Generated slices in HU, float32 (len(seeds), size, size)."""
+    from .data.phantoms import generate_slice
+
+    return np.stack([generate_slice(int(s), size, pixel_size_mm) for s in seeds])
+
+
+def load_slice_pool(cfg: TrainConfig) -> tuple[np.ndarray, dict]:
+    """User files/folders and (optionally) bundled real slices as HU (N, S, S)."""
+    from .data import readers
+
+    slices, info = [], {"user_data": [str(p) for p in cfg.data], "n_user_slices": 0,
+                        "real_slices": []}
+    for p in cfg.data:
+        vol = readers.read_ct(p)
+        hu = readers.resample_slices(vol.hu, vol.spacing_mm[1:], cfg.pixel_size_mm,
+                                     cfg.image_size)
+        slices.extend(hu)
+        info["n_user_slices"] += len(hu)
+    if cfg.real_slices:
+        for name, hu in readers.real_ct_slices(cfg.pixel_size_mm, cfg.image_size):
+            slices.append(hu)
+            info["real_slices"].append(name)
+    pool = np.stack(slices).astype(np.float32) if slices else np.zeros((0,) * 3, np.float32)
+    return pool, info
+
+
+def augment(x: torch.Tensor, rng: np.random.Generator, fill: float, max_deg: float = 10.0):
+    """Random left-right flip and rotation (+-max_deg) of (B,1,S,S), padding with ``fill``."""
+    b = x.shape[0]
+    flip = torch.from_numpy(rng.random(b) < 0.5)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    ang = torch.from_numpy(np.deg2rad(rng.uniform(-max_deg, max_deg, b))).float()
+    c, s = torch.cos(ang), torch.sin(ang)
+    theta = torch.stack([torch.stack([c, -s, torch.zeros(b)], 1),
+                         torch.stack([s, c, torch.zeros(b)], 1)], 1)
+    grid = F.affine_grid(theta, x.shape, align_corners=False)
+    return F.grid_sample(x - fill, grid, align_corners=False) + fill
+
+
+class BatchSource:
+    """Draws training batches (normalised, (B,1,S,S)) for one rank."""
+
+    def __init__(self, cfg: TrainConfig, model_cfg: VAEConfig, rank: int = 0, world: int = 1):
+        self.cfg, self.mc, self.rank, self.world = cfg, model_cfg, rank, world
+        self.pool, self.info = load_slice_pool(cfg)
+        if not cfg.phantoms and len(self.pool) == 0:
+            raise ValueError("no training data: phantoms disabled and no data/real slices given")
+        self.rng = np.random.default_rng([cfg.seed, rank])
+
+    def phantom_seeds(self, step: int) -> np.ndarray:
+        """Disjoint across ranks and steps (until wrap-around), always in [0, TRAIN_SEEDS)."""
+        b = self.cfg.batch_size
+        start = self.cfg.seed * 7_919 + (step * self.world + self.rank) * b
+        return (start + np.arange(b)) % TRAIN_SEEDS
+
+    def batch(self, step: int) -> torch.Tensor:
+        cfg, mc = self.cfg, self.mc
+        norm = lambda hu: (torch.from_numpy(hu) - mc.hu_min) / (mc.hu_max - mc.hu_min)  # noqa: E731
+        use_pool = np.zeros(cfg.batch_size, bool)
+        if len(self.pool):
+            use_pool = self.rng.random(cfg.batch_size) < (cfg.data_fraction if cfg.phantoms else 1)
+        x = torch.empty(cfg.batch_size, 1, mc.image_size, mc.image_size)
+        if (~use_pool).any():
+            seeds = self.phantom_seeds(step)[~use_pool]
+            x[torch.from_numpy(~use_pool)] = norm(phantom_batch(seeds, mc.image_size,
+                                                                mc.pixel_size_mm))[:, None]
+        if use_pool.any():
+            idx = self.rng.integers(0, len(self.pool), int(use_pool.sum()))
+            xp = norm(self.pool[idx])[:, None]
+            if cfg.augment:
+                xp = augment(xp, self.rng, fill=(-1000.0 - mc.hu_min) / (mc.hu_max - mc.hu_min))
+            x[torch.from_numpy(use_pool)] = xp
+        return x.clamp(0.0, 1.0)
+
+
+# -- metrics --------------------------------------------------------------------------------
+@torch.no_grad()
+def reconstruction_metrics(model: VAE, hu: np.ndarray, batch: int = 16) -> dict:
+    """Encode (posterior mean) and decode ``hu`` (N,S,S); MAE in HU inside the body (the
+    phantom ``body_mask`` of the ground truth), PSNR (dB) and SSIM over the whole slice, both
+    with ``data_range = hu_max - hu_min`` of the model's HU mapping."""
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    from .data.phantoms import body_mask
+
+    was_training = model.training
+    model.eval()
+    p = next(model.parameters())
+    c = model.config
+    rng_hu = c.hu_max - c.hu_min
+    gt = np.clip(hu, c.hu_min, c.hu_max).astype(np.float32)
+    rec = []
+    for i in range(0, len(gt), batch):
+        x = model.from_hu(torch.from_numpy(gt[i:i + batch])[:, None]).to(p.device, p.dtype)
+        rec.append(model.to_hu(model(x)[0])[:, 0].float().cpu().numpy())
+    rec = np.concatenate(rec)
+    model.train(was_training)
+    mae, psnr, ssim = [], [], []
+    for g, r in zip(gt, rec):
+        m = body_mask(g)
+        mae.append(float(np.abs(g - r)[m].mean()) if m.any() else float(np.abs(g - r).mean()))
+        psnr.append(peak_signal_noise_ratio(g, r, data_range=rng_hu))
+        ssim.append(structural_similarity(g, r, data_range=rng_hu))
+    return {"mae_hu_body": float(np.mean(mae)), "psnr_db": float(np.mean(psnr)),
+            "ssim": float(np.mean(ssim)), "n": len(gt)}
+
+
+def evaluate_reconstruction(model: VAE, n: int = 64, seed0: int = EVAL_SEED0) -> dict:
+    """Reconstruction metrics on ``n`` held-out phantoms, seeds ``seed0 .. seed0 + n - 1``
+    (never used in training), generated at the model's size and pixel size."""
+    c = model.config
+    res = reconstruction_metrics(model, phantom_batch(range(seed0, seed0 + n), c.image_size,
+                                                      c.pixel_size_mm))
+    return {**res, "seed0": seed0}
+
+
+# -- training loop --------------------------------------------------------------------------
+def _resolve_device(name: str, local_rank: int) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' requested but CUDA is not available")
+        return torch.device("cuda", local_rank)
+    return torch.device(name)
+
+
+def _lr_lambda(cfg: TrainConfig):
+    def f(step):
+        if step < cfg.warmup_steps:
+            return (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+        return cfg.min_lr_fraction + (1 - cfg.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
+    return f
+
+
+def elbo_loss(model, x: torch.Tensor, beta: float, soft_tissue_weight: float, mc: VAEConfig):
+    """Returns (loss, weighted L1 in normalised units, KL per image in nats)."""
+    recon, mu, logvar = model(x)
+    lo, hi = ((np.array(SOFT_TISSUE_HU) - mc.hu_min) / (mc.hu_max - mc.hu_min)).tolist()
+    w = 1.0 + soft_tissue_weight * ((x > lo) & (x < hi)).float()
+    l1 = (w * (recon - x).abs()).mean()
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
+    return l1 + beta * kl / x[0].numel(), l1, kl
+
+
+def plot_history(history: list, path) -> None:
+    """Training loss and validation MAE per epoch, as a PNG (no global matplotlib state)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(9, 3.5))
+    FigureCanvasAgg(fig)
+    a, b = fig.subplots(1, 2)
+    steps = [h["step"] for h in history]
+    a.plot(steps, [h["train_loss"] for h in history], label="loss")
+    a.plot(steps, [h["train_l1"] for h in history], label="weighted L1")
+    a.set(xlabel="step", ylabel="loss (normalised units)", yscale="log", title="training")
+    a.legend()
+    b.plot(steps, [h["val_mae_hu_body"] for h in history], "o-")
+    b.set(xlabel="step", ylabel="MAE inside body (HU)", title="validation")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def train(config: TrainConfig) -> Path:
+    """Train (or resume) a prior; returns the path of the best checkpoint."""
+    cfg = config
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = _resolve_device(cfg.device, local_rank)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dist = None
+    if world > 1:
+        import torch.distributed as dist
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        return _train(cfg, rank, world, device, dist)
+    finally:
+        if dist is not None and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _train(cfg, rank, world, device, dist) -> Path:
+    paths = _paths(cfg.out)
+    main = rank == 0
+    torch.manual_seed(cfg.seed)
+    mc = cfg.vae_config()
+    model = VAE(mc).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
+    step, history, best, bad_epochs, elapsed0 = 0, [], float("inf"), 0, 0.0
+
+    if cfg.resume and paths["last"].is_file():
+        ckpt = read_checkpoint(paths["last"])
+        model.load_state_dict(model_from_checkpoint(ckpt, paths["last"]).state_dict())
+        ex = ckpt.get("extra", {})
+        opt.load_state_dict(ex["optimizer"])
+        sched.load_state_dict(ex["scheduler"])
+        step, best, bad_epochs = ex["step"], ex["best"], ex["bad_epochs"]
+        elapsed0 = ex["elapsed_s"]
+        history = json.loads(ex["history"])
+        if main:
+            print(f"resumed {paths['last']} at step {step}", flush=True)
+
+    net = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        net = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda"
+                                      else None)
+    source = BatchSource(cfg, mc, rank, world)
+    val_hu = None
+    if main:
+        if cfg.phantoms:
+            val_hu = phantom_batch(range(VAL_SEED0, VAL_SEED0 + cfg.val_n), mc.image_size,
+                                   mc.pixel_size_mm)
+        else:
+            val_hu = source.pool[-max(1, len(source.pool) // 10):]
+    data_summary = {"phantoms": cfg.phantoms, "train_seeds": f"0..{TRAIN_SEEDS - 1}",
+                    "val_seeds": f"{VAL_SEED0}..{VAL_SEED0 + cfg.val_n - 1}",
+                    "eval_seeds": f">= {EVAL_SEED0}", **source.info,
+                    "augment": "flip + rotation for user/real slices" if cfg.augment else "none"}
+    bar = None
+    t0 = time.time() - elapsed0
+    model.train()
+    while step < cfg.steps:
+        sums = np.zeros(3)
+        n_ep = min(cfg.epoch_steps, cfg.steps - step)
+        if main and cfg.progress:
+            try:
+                from tqdm.auto import tqdm
+
+                bar = tqdm(total=n_ep, desc=f"steps {step}-{step + n_ep}", leave=False)
+            except ImportError:
+                bar = None
+        for _ in range(n_ep):
+            x = source.batch(step).to(device)
+            beta = cfg.beta * min(1.0, (step + 1) / max(1, cfg.kl_warmup_steps))
+            loss, l1, kl = elbo_loss(net, x, beta, cfg.soft_tissue_weight, mc)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            step += 1
+            sums += [loss.item(), l1.item(), kl.item()]
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.4f}", kl=f"{kl.item():.0f}")
+            elif main and cfg.progress and step % 50 == 0:
+                print(f"step {step}: loss {loss.item():.4f} kl {kl.item():.0f}", flush=True)
+        if bar is not None:
+            bar.close()
+        stop = torch.zeros(1)
+        if main:
+            val = reconstruction_metrics(model, val_hu)
+            rec = {"step": step, "epoch": len(history) + 1, "elapsed_s": time.time() - t0,
+                   "lr": sched.get_last_lr()[0], "train_loss": sums[0] / n_ep,
+                   "train_l1": sums[1] / n_ep, "train_kl": sums[2] / n_ep,
+                   **{f"val_{k}": v for k, v in val.items() if k != "n"}}
+            history.append(rec)
+            print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
+                              for k, v in rec.items()}), flush=True)
+            summary = {"data": data_summary, "steps": step, "batch_size": cfg.batch_size,
+                       "world_size": world, "images_seen": step * cfg.batch_size * world,
+                       "wall_time_s": rec["elapsed_s"], "device": str(device),
+                       "torch": torch.__version__, "last_val": val,
+                       "train_config": {**asdict(cfg), "data": [str(p) for p in cfg.data]}}
+            if rec["val_mae_hu_body"] < best:
+                best, bad_epochs = rec["val_mae_hu_body"], 0
+                save_checkpoint(model, paths["best"], {**summary, "best_val": val},
+                                half=cfg.half)
+            else:
+                bad_epochs += 1
+            extra = {"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                     "step": step, "best": best, "bad_epochs": bad_epochs,
+                     "elapsed_s": rec["elapsed_s"], "history": json.dumps(history)}
+            save_checkpoint(model, paths["last"], summary, extra=extra)
+            paths["json"].write_text(json.dumps(history, indent=1))
+            plot_history(history, paths["plot"])
+            over_time = cfg.max_minutes is not None and rec["elapsed_s"] > 60 * cfg.max_minutes
+            if bad_epochs >= cfg.patience or over_time:
+                print("early stop: " + ("time budget reached" if over_time else
+                                        f"no improvement for {bad_epochs} epochs"), flush=True)
+                stop[0] = 1
+        if dist is not None:
+            dist.broadcast(stop, 0)
+        if stop.item():
+            break
+    return paths["best"]
+
+
+# -- command line ---------------------------------------------------------------------------
+def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Add the ``napari-lsr train`` options (one per :class:`TrainConfig` field)."""
+    d = TrainConfig()
+    a = parser.add_argument
+    a("--out", default=d.out, help="best checkpoint path (also writes <stem>_last.pt, "
+      "<stem>_history.png/.json)")
+    a("--data", nargs="*", default=[], help="CT files/folders (NPY, TIFF, DICOM) to mix in")
+    a("--no-phantoms", dest="phantoms", action="store_false",
+      help="train on --data / --real-slices only")
+    a("--real-slices", action="store_true", help="mix in the real CT slices from pydicom-data")
+    a("--data-fraction", type=float, default=d.data_fraction,
+      help="share of each batch drawn from --data/--real-slices when phantoms are on")
+    a("--no-augment", dest="augment", action="store_false")
+    a("--image-size", type=int, default=d.image_size, choices=(64, 128, 256, 512))
+    a("--pixel-size-mm", type=float, default=d.pixel_size_mm)
+    a("--latent-dim", type=int, default=d.latent_dim)
+    a("--base-channels", type=int, default=d.base_channels)
+    a("--channel-mults", type=int, nargs="+", default=list(d.channel_mults))
+    a("--attn-heads", type=int, default=d.attn_heads)
+    a("--steps", type=int, default=d.steps)
+    a("--epoch-steps", type=int, default=d.epoch_steps)
+    a("--batch-size", type=int, default=d.batch_size)
+    a("--lr", type=float, default=d.lr)
+    a("--beta", type=float, default=d.beta, help="KL weight (KL per pixel)")
+    a("--kl-warmup-steps", type=int, default=d.kl_warmup_steps)
+    a("--soft-tissue-weight", type=float, default=d.soft_tissue_weight)
+    a("--grad-clip", type=float, default=d.grad_clip)
+    a("--val-n", type=int, default=d.val_n)
+    a("--patience", type=int, default=d.patience)
+    a("--max-minutes", type=float, default=None)
+    a("--resume", action="store_true", help="continue from <stem>_last.pt")
+    a("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    a("--threads", type=int, default=None, help="torch CPU threads")
+    a("--seed", type=int, default=d.seed)
+    a("--half", action="store_true", help="store float16 weights")
+    a("--no-progress", dest="progress", action="store_false")
+    return parser
+
+
+def run_train(args: argparse.Namespace) -> int:
+    """Entry point for ``napari-lsr train``."""
+    names = {f for f in TrainConfig.__dataclass_fields__}
+    cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
+    cfg.channel_mults = tuple(cfg.channel_mults)
+    path = train(cfg)
+    rank = int(os.environ.get("RANK", "0"))
+    print(f"rank {rank} finished" + (f"; best checkpoint: {path}" if rank == 0 else ""),
+          flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    """``python -m napari_lsr.train`` (handy with ``torchrun``): same options as the CLI."""
+    parser = add_train_arguments(argparse.ArgumentParser(prog="napari-lsr train",
+                                                         description=__doc__.split("\n")[0]))
+    return run_train(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
