@@ -156,6 +156,9 @@ def read_tiff(path) -> CTVolume:
     try:
         with tifffile.TiffFile(path) as tf:
             arr = tf.asarray()
+            axes = tf.series[0].axes
+            if "C" in axes and arr.ndim == len(axes):  # ImageJ hyperstacks store ZCYX
+                arr = np.moveaxis(arr, axes.index("C"), -1)
             info = {}
             ij = tf.imagej_metadata or {}
             for text in (ij.get("Info"), tf.pages[0].description):
