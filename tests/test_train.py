@@ -23,7 +23,7 @@ def test_tiny_training_loss_falls_and_files(tmp_path):
     out = tmp_path / "p.pt"
     best = train(TrainConfig(out=str(out), steps=30, epoch_steps=10, **TINY))
     assert best == out and out.is_file()
-    for suffix in ("_last.pt", "_history.png", "_history.json"):
+    for suffix in ("_last.pt", "_history.png", "_history.json", "_samples.png"):
         assert (tmp_path / f"p{suffix}").is_file()
     hist = json.loads((tmp_path / "p_history.json").read_text())
     assert len(hist) == 3 and hist[-1]["train_loss"] < 0.8 * hist[0]["train_loss"]

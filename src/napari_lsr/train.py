@@ -9,7 +9,7 @@ Objective (per batch, images normalised with the fixed HU map of :class:`VAEConf
 Adam, linear warm-up then cosine learning-rate decay, gradient-norm clipping. One "epoch" is
 ``epoch_steps`` steps (phantom data are unlimited); after each, validation on fixed slices
 (MAE in HU inside the body, PSNR, SSIM from scikit-image), best and last checkpoints, history
-JSON and plot next to ``out``, early stopping after ``patience`` epochs without improvement.
+JSON and plot (and, at the end, a samples figure) next to ``out``, early stopping after ``patience`` epochs without improvement.
 
 Data seeds (documented so evaluation never sees training data):
   training phantoms   seeds 0 .. 999_999          (TRAIN_SEEDS)
@@ -263,6 +263,40 @@ def plot_history(history: list, path) -> None:
     fig.savefig(path, dpi=100)
 
 
+@torch.no_grad()
+def save_samples_figure(model: VAE, path, n: int = 4, seed0: int = EVAL_SEED0, seed: int = 0,
+                        window=(-1000.0, 1000.0)) -> None:
+    """PNG with three rows: ``n`` held-out phantoms (seeds from ``seed0``), their
+    reconstructions, and ``n`` random samples decoded from z ~ N(0, I); grey window in HU."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    c = model.config
+    was_training = model.training
+    model.eval()
+    gt = phantom_batch(range(seed0, seed0 + n), c.image_size, c.pixel_size_mm)
+    p = next(model.parameters())
+    x = model.from_hu(torch.from_numpy(gt)[:, None].clamp(c.hu_min, c.hu_max)).to(p.device)
+    rec = model.to_hu(model(x)[0])[:, 0].cpu().numpy()
+    rnd = model.sample(n, torch.Generator().manual_seed(seed)).cpu().numpy()
+    model.train(was_training)
+    fig = Figure(figsize=(2.4 * n, 7.6))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(3, n, squeeze=False)
+    for row, (name, imgs) in enumerate([("held-out phantom", gt), ("reconstruction", rec),
+                                        ("random sample", rnd)]):
+        for k in range(n):
+            ax = axes[row, k]
+            ax.imshow(imgs[k], cmap="gray", vmin=window[0], vmax=window[1])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if k == 0:
+                ax.set_ylabel(name)
+    fig.suptitle(f"window [{window[0]:.0f}, {window[1]:.0f}] HU")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
 def train(config: TrainConfig) -> Path:
     """Train (or resume) a prior; returns the path of the best checkpoint."""
     cfg = config
@@ -392,6 +426,8 @@ def _train(cfg, rank, world, device, dist) -> Path:
             dist.broadcast(stop, 0)
         if stop.item():
             break
+    if main and cfg.phantoms:
+        save_samples_figure(model, Path(f"{paths['best'].with_suffix('')}_samples.png"))
     return paths["best"]
 
 
