@@ -1,0 +1,314 @@
+"""LSR widget: run ``lsr_correct`` / ``lsr_correct_volume`` in a napari thread worker with a
+live loss plot, a progress bar, a live preview of the prior's image, and Abort.
+
+Responsiveness: the engine's callback (worker thread) only appends to a locked buffer and
+checks the abort flag; a QTimer in the GUI thread drains the buffer at a steady 5 Hz and
+redraws the plot, moves the progress bar and updates the preview layer. So the event loop
+never receives one signal per step, however fast the steps are. Abort sets the flag (the
+callback returns True, the engine stops after the current step) and quits the worker.
+Results arrive as NEW layers with unique names; nothing existing is overwritten."""
+
+from __future__ import annotations
+
+import threading
+import time
+from types import SimpleNamespace
+
+import napari
+import numpy as np
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
+from napari.qt.threading import thread_worker
+from napari.utils import progress
+from qtpy.QtCore import QTimer
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from ._common import (add_layer, connect_layer_events, image_layer, layer_choices,
+                      layer_geometry, layer_spacing, show_error, show_info, sinogram_layer,
+                      unique_name)
+from .loss_plot import LossPlot
+
+DEFAULT_MODEL = "bundled default"
+MODEL_FILE = "file..."
+REFRESH_MS = 200  # 5 Hz
+
+
+class _Progress:
+    """Thread-safe buffer between the engine callback and the GUI timer."""
+
+    def __init__(self, preview_every: int):
+        self.lock = threading.Lock()
+        self.losses: list[float] = []
+        self.preview = None
+        self.count = 0           # steps reported so far (all slices)
+        self.slice = 0
+        self.first_point_time = None
+        self.preview_every = max(1, int(preview_every))
+
+    def add(self, slice_index: int, loss: float, preview_hu):
+        with self.lock:
+            self.count += 1
+            self.slice = slice_index
+            self.losses.append(loss)
+            if self.count == 1 or self.count % self.preview_every == 0:
+                self.preview = preview_hu
+
+    def take(self):
+        with self.lock:
+            losses, preview = self.losses, self.preview
+            self.losses, self.preview = [], None
+            return losses, preview, self.count, self.slice
+
+
+class LSRWidget(QWidget):
+    """Sinogram + mask layers -> LSR-corrected image, prior image and completed sinogram."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
+        self.viewer = napari_viewer
+        v = napari_viewer
+        self.sinogram = ComboBox(label="sinogram", choices=layer_choices(v, "sinogram"))
+        self.mask = ComboBox(label="mask (1 = valid)", choices=layer_choices(v, "sinogram_mask"))
+        self.model = ComboBox(label="prior", choices=[DEFAULT_MODEL, MODEL_FILE], value=DEFAULT_MODEL)
+        self.model_path = FileEdit(label="prior file", mode="r", filter="*.pt", visible=False)
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.steps = SpinBox(label="Adam steps", min=0, max=100000, value=500)
+        self.lbfgs_steps = SpinBox(label="L-BFGS steps", min=0, max=10000, value=20)
+        self.slices = ComboBox(label="slices", choices=["current slice", "all slices"],
+                               value="all slices")
+        self.warm_start = CheckBox(text="warm start across slices", value=True)
+        self.warm_steps = SpinBox(label="Adam steps (warm)", min=0, max=100000, value=50)
+        self.preview_every = SpinBox(label="preview every (steps)", min=1, max=1000, value=10)
+        self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.params = Container(widgets=[
+            self.sinogram, self.mask, self.model, self.model_path, self.device, self.steps,
+            self.lbfgs_steps, self.slices, self.warm_start, self.warm_steps,
+            self.preview_every, self.seed])
+        self.model.changed.connect(lambda val: setattr(self.model_path, "visible", val == MODEL_FILE))
+        self.warm_start.changed.connect(lambda val: setattr(self.warm_steps, "enabled", val))
+
+        self.run_button = QPushButton("Run")
+        self.abort_button = QPushButton("Abort")
+        self.abort_button.setEnabled(False)
+        self.run_button.clicked.connect(self.run)
+        self.abort_button.clicked.connect(self.abort)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.plot = LossPlot(self)
+
+        buttons = QHBoxLayout()
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.abort_button)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.params.native)
+        layout.addLayout(buttons)
+        layout.addWidget(self.status)
+        layout.addWidget(self.plot, stretch=1)
+
+        self.timer = QTimer(self)
+        self.timer.setInterval(REFRESH_MS)
+        self.timer.timeout.connect(self._drain)
+        self.worker = None
+        self.preview_layer = None
+        self.run_started = None
+        self._abort = threading.Event()
+        self._buf = _Progress(10)
+        self._pbar = None
+        self._models = {}
+        connect_layer_events(v, self.params)
+
+    def reset_choices(self, *_):
+        self.params.reset_choices()
+
+    # -- model --------------------------------------------------------------------------------
+    def _model_key(self):
+        if self.model.value == DEFAULT_MODEL:
+            return None
+        path = str(self.model_path.value)
+        if not path or path == "." or not self.model_path.value.is_file():
+            raise ValueError(f"choose a prior checkpoint file (.pt); {path!r} is not a file")
+        return path
+
+    def load_model(self, key=None):
+        """Load (once, then cached) the chosen prior; usable from any thread."""
+        if key not in self._models:
+            from ..model import load_model
+
+            self._models[key] = load_model(key)
+        return self._models[key]
+
+    def preload_model(self):
+        """Load the chosen prior now (so Run starts optimising at once)."""
+        return self.load_model(self._model_key())
+
+    # -- inputs -------------------------------------------------------------------------------
+    def _inputs(self):
+        """Validated (sinogram, mask, geometry, slice index or None) or ValueError."""
+        from ..lsr import check_inputs
+
+        sino_layer, mask_layer_ = self.sinogram.value, self.mask.value
+        if sino_layer is None:
+            raise ValueError("choose a sinogram layer (made by Acquire or opened from a "
+                             "sinogram file)")
+        if mask_layer_ is None:
+            raise ValueError("choose a sinogram mask layer (1 = valid, 0 = missing)")
+        geom = layer_geometry(sino_layer)
+        sino = np.asarray(sino_layer.data, np.float32)
+        mask = np.asarray(mask_layer_.data, np.float32)
+        if mask.shape != sino.shape and not (mask.ndim == 2 and mask.shape == sino.shape[-2:]):
+            raise ValueError(f"mask '{mask_layer_.name}' has shape {mask.shape} but sinogram "
+                             f"'{sino_layer.name}' has shape {sino.shape}; pick a mask made "
+                             "for this sinogram")
+        index = None
+        if sino.ndim == 3 and self.slices.value == "current slice":
+            pos = sino_layer.world_to_data(self.viewer.dims.point)
+            index = int(np.clip(round(float(pos[0])), 0, sino.shape[0] - 1))
+            sino = sino[index]
+            mask = mask[index] if mask.ndim == 3 else mask
+        check_inputs(sino, mask, geom)
+        return sino, mask, geom, index
+
+    # -- run ----------------------------------------------------------------------------------
+    def run(self):
+        """Start a run; returns the worker, or None (with an error notification) when the
+        inputs are not usable. Nothing in the viewer changes on a bad choice."""
+        if self.worker is not None:
+            show_error("an LSR run is in progress; abort it first")
+            return None
+        try:
+            sino, mask, geom, index = self._inputs()
+            key = self._model_key()
+        except ValueError as e:
+            show_error(str(e))
+            return None
+        sino_layer = self.sinogram.value
+        opts = dict(steps=self.steps.value, lbfgs_steps=self.lbfgs_steps.value,
+                    device=self.device.value, seed=self.seed.value)
+        n_slices = sino.shape[0] if sino.ndim == 3 else 1
+        warm = self.warm_start.value
+        per_slice = opts["steps"] + opts["lbfgs_steps"]
+        later = (self.warm_steps.value + opts["lbfgs_steps"]) if warm else per_slice
+        total = per_slice + (n_slices - 1) * later
+
+        self._abort.clear()
+        self._buf = _Progress(self.preview_every.value)
+        self.plot.clear()
+        self.plot.redraw()
+        self._show_preview(np.full(geom.image_shape, -1000.0, np.float32), geom, sino_layer)
+        self._pbar = progress(total=total, desc="LSR")
+        self.status.setText("loading the prior..." if key not in self._models else "running...")
+        buf, abort = self._buf, self._abort
+
+        def step_callback(slice_index, step, loss, preview_hu):
+            buf.add(slice_index, loss, preview_hu)
+            return abort.is_set()
+
+        def work():
+            from .. import lsr_correct, lsr_correct_volume
+
+            model = self.load_model(key)
+            if sino.ndim == 2:
+                return lsr_correct(sino, mask, geom, model=model,
+                                   callback=lambda s, l, p: step_callback(0, s, l, p), **opts)
+            if warm:
+                return lsr_correct_volume(sino, mask, geom, model=model,
+                                          warm_steps=self.warm_steps.value,
+                                          callback=step_callback, **opts)
+            results = []
+            for k in range(n_slices):
+                m = mask[k] if mask.ndim == 3 else mask
+                r = lsr_correct(sino[k], m, geom, model=model,
+                                callback=lambda s, l, p, k=k: step_callback(k, s, l, p), **opts)
+                if r.stopped:
+                    return SimpleNamespace(stopped=True)
+                results.append(r)
+            return SimpleNamespace(
+                stopped=False, image_hu=np.stack([r.image_hu for r in results]),
+                generated_hu=np.stack([r.generated_hu for r in results]),
+                sinogram=np.stack([r.sinogram for r in results]),
+                loss_history=[r.loss_history for r in results])
+
+        worker = thread_worker(work, ignore_errors=True, start_thread=False)()
+        worker.returned.connect(lambda res: self._on_result(res, sino_layer, geom, index, opts, key))
+        worker.errored.connect(self._on_error)
+        worker.finished.connect(self._on_finished)
+        self.worker = worker
+        self.run_button.setEnabled(False)
+        self.abort_button.setEnabled(True)
+        self.run_started = time.perf_counter()
+        self.timer.start()
+        worker.start()
+        return worker
+
+    def abort(self):
+        """Stop the run after the current step; no result layers are added."""
+        if self.worker is None:
+            return
+        self._abort.set()
+        self.worker.quit()
+        self.status.setText("aborting...")
+
+    # -- GUI-thread updates -----------------------------------------------------------------
+    def _show_preview(self, image_hu, geom, sino_layer):
+        layer = self.preview_layer
+        if layer is not None and layer in self.viewer.layers and layer.data.shape == image_hu.shape:
+            layer.data = image_hu
+            return
+        spacing = layer_spacing(sino_layer)
+        spacing = [spacing[0], geom.pixel_size_mm, geom.pixel_size_mm]
+        data, kwargs, _ = image_layer(image_hu, "LSR preview", spacing, geom, preview=True)
+        kwargs["name"] = unique_name(self.viewer, kwargs["name"])
+        self.preview_layer = self.viewer.add_image(data, **kwargs)
+
+    def _drain(self):
+        losses, preview, count, slice_index = self._buf.take()
+        if losses:
+            if self._buf.first_point_time is None:
+                self._buf.first_point_time = time.perf_counter()
+            self.plot.extend(losses)
+            if self._pbar is not None:
+                self._pbar.update(len(losses))
+            self.status.setText(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}")
+        if preview is not None and self.preview_layer in self.viewer.layers:
+            self.preview_layer.data = np.asarray(preview, np.float32)
+        self.plot.redraw()
+
+    def _on_result(self, res, sino_layer, geom, index, opts, key):
+        if res.stopped:
+            return
+        z = layer_spacing(sino_layer)[0]
+        spacing = [z, geom.pixel_size_mm, geom.pixel_size_mm]
+        history = res.loss_history
+        final = history[-1][-1] if history and isinstance(history[0], list) else \
+            (history[-1] if history else None)
+        info = {"lsr": {**opts, "model": key or DEFAULT_MODEL, "final_loss": final,
+                        "warm_start": self.warm_start.value, "slice": index,
+                        "sinogram": sino_layer.name}}
+        base = sino_layer.name + ("" if index is None else f" [slice {index}]")
+        add_layer(self.viewer, image_layer(res.image_hu, f"{base} LSR corrected", spacing, geom, **info))
+        add_layer(self.viewer, image_layer(res.generated_hu, f"{base} LSR prior", spacing, geom, **info))
+        add_layer(self.viewer, sinogram_layer(res.sinogram, f"{base} LSR completed sinogram",
+                                              geom, z, **info))
+
+    def _on_error(self, exc):
+        msg = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else \
+            f"{type(exc).__name__}: {exc}"
+        show_error(f"LSR failed: {msg}")
+
+    def _on_finished(self):
+        self._drain()
+        self.timer.stop()
+        if self._pbar is not None:
+            self._pbar.close()
+            self._pbar = None
+        aborted = self._abort.is_set()
+        n = self._buf.count
+        self.status.setText(f"aborted after {n} steps (no layers added)" if aborted else
+                            f"done: {n} steps")
+        if aborted:
+            show_info(f"LSR aborted after {n} steps")
+        if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
+            self.viewer.layers.remove(self.preview_layer)
+        self.preview_layer = None
+        self.worker = None
+        self.run_button.setEnabled(True)
+        self.abort_button.setEnabled(False)
