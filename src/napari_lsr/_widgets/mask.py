@@ -29,17 +29,17 @@ class MaskWidget(Container):
                                      step=50.0, value=2500.0)
         self.dilation_px = SpinBox(label="dilation (pixels)", min=0, max=20, value=1)
         self.threshold_button = PushButton(text="Threshold -> labels")
-        self.labels = ComboBox(label="metal labels", choices=layer_choices(
+        self.labels_layer = ComboBox(label="metal labels", choices=layer_choices(
             napari_viewer, layer_type=Labels))
         self.dilation_bins = SpinBox(label="trace dilation (bins)", min=0, max=20, value=1)
         self.live = CheckBox(text="update mask while painting", value=True)
         self.mask_button = PushButton(text="Labels -> sinogram mask")
         super().__init__(widgets=[self.recon, self.threshold, self.dilation_px,
-                                  self.threshold_button, self.labels, self.dilation_bins,
+                                  self.threshold_button, self.labels_layer, self.dilation_bins,
                                   self.live, self.mask_button])
         self.threshold_button.clicked.connect(self.make_labels)
         self.mask_button.clicked.connect(lambda: self.update_mask())
-        self.labels.changed.connect(self._watch_labels)
+        self.labels_layer.changed.connect(self._watch_labels)
         self._watched = None
         self._mask_layers = {}  # id(labels layer) -> the mask layer made from it
         self._debounce = QTimer()
@@ -71,7 +71,7 @@ class MaskWidget(Container):
                                         scale=layer.scale, metadata=md, opacity=0.5)
         labels.mode = "paint"
         self.reset_choices()
-        self.labels.value = labels
+        self.labels_layer.value = labels
         self.update_mask()
         return labels
 
@@ -92,7 +92,7 @@ class MaskWidget(Container):
     def update_mask(self, quiet: bool = False):
         """(Re)compute the sinogram mask of the chosen labels; updates the mask layer made
         from these labels before, else adds a new one. Returns the mask layer."""
-        labels = self.labels.value
+        labels = self.labels_layer.value
         if labels is None:
             if not quiet:
                 show_error("choose (or make) a Labels layer that marks the metal")
