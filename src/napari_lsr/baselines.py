@@ -69,14 +69,15 @@ def reconstruct_hu(sino, geom: Geometry, filter: str = "ramp",
 
 
 def nmar(sino, mask, geom: Geometry, air_threshold_hu: float = -500.0,
-         bone_threshold_hu: float = 350.0, smooth_px: float = 1.0, eps: float = 1e-2,
+         bone_threshold_hu: float = 350.0, smooth_px: float = 1.0, eps: float = 0.1,
          mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
     """Normalised MAR (Meyer et al., Med. Phys. 37(10):5482, 2010).
 
     LI -> FBP -> smooth (Gaussian, ``smooth_px``) -> prior image: air (below
     ``air_threshold_hu``) -1000 HU, soft tissue 0 HU, bone (above ``bone_threshold_hu``)
     kept -> forward projection -> the sinogram is divided by ``prior + eps``, interpolated
-    across the trace in that normalised domain and multiplied back."""
+    across the trace in that normalised domain and multiplied back. ``eps`` (a line
+    integral, ~5 mm of water) keeps rays that graze the body edge from blowing up."""
     from .projector import Projector
 
     sino, valid = _prepare(sino, mask, geom)
@@ -93,12 +94,18 @@ def nmar(sino, mask, geom: Geometry, air_threshold_hu: float = -500.0,
     return out
 
 
-def _edge_fit(t, p, mu, n_fit):
-    """Water cylinder through the edge sample ``p[0]`` at ``t[0]`` (``t`` running outward,
-    in mm): returns (centre offset d >= 0 of the edge from the centre, radius), or None."""
-    slope = np.polyfit(t[:n_fit] - t[0], p[:n_fit], 1)[0] if len(t) >= 2 else 0.0
-    # chord 2 mu sqrt(R^2 - d^2) and its derivative -4 mu^2 d / p, with d measured outward
-    d = -p[0] * slope / (4 * mu * mu)
+def _edge_fit(u, p, mu, n_fit):
+    """Water cylinder fitted to the ``n_fit`` valid samples nearest the edge.
+
+    ``u``: outward coordinate in mm (0 at the edge bin, negative inwards), ``p``: line
+    integrals there. A cylinder of radius R centred at ``c`` has chords ``p = 2 mu
+    sqrt(R^2 - (u - c)^2)``, so ``(p / 2mu)^2 + u^2 = R^2 - c^2 + 2 c u`` is linear in ``u``:
+    a straight-line fit gives the centre. Returns (distance d > 0 of the edge beyond the
+    centre, radius through the measured edge value) or None when degenerate."""
+    if len(u) < 2:
+        return None
+    q = (p[:n_fit] / (2 * mu)) ** 2 + u[:n_fit] ** 2
+    d = -np.polyfit(u[:n_fit], q, 1)[0] / 2
     if not np.isfinite(d) or d <= 0:
         return None
     return d, np.hypot(d, p[0] / (2 * mu))

@@ -9,7 +9,7 @@ degrees, images in HU.
 
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import Tuple
 
 import numpy as np
 from scipy import ndimage
