@@ -171,24 +171,31 @@ def insert_metal(hu, geom: Geometry, n_objects: int = 2, seed: int = 0,
     rng = np.random.default_rng(seed)
     depth = ndimage.distance_transform_edt(body) * geom.pixel_size_mm  # mm to the body edge
     x, y = geom.pixel_centres_mm()
+    X, Y = np.meshgrid(x, y)
+    # targets are drawn in the central part of the body's bounding box and snapped to the
+    # nearest allowed pixel, so neighbouring slices of one volume get their metal in the
+    # same places
+    centre = np.array([X[body].mean(), Y[body].mean()])
+    half = 0.3 * np.array([np.ptp(X[body]), np.ptp(Y[body])])
     fractions = {m: np.zeros(hu.shape, np.float32) for m in dict.fromkeys(materials)}
     placed = []  # (cx, cy, radius)
     for k in range(n_objects):
         kind = rng.choice(list(_OBJECTS))
         (a0, a1), (b0, b1) = _OBJECTS[kind]
         a, b, ang = rng.uniform(a0, a1), rng.uniform(b0, b1), rng.uniform(0, np.pi)
+        tx, ty = centre + rng.uniform(-1, 1, 2) * half
         for _ in range(8):  # shrink until it fits
             rad = max(a, b)
             ok = depth > rad + 3.0
             for cx, cy, r in placed:
-                ok &= np.hypot(x[None, :] - cx, y[:, None] - cy) > rad + r + 5.0
+                ok &= np.hypot(X - cx, Y - cy) > rad + r + 5.0
             if ok.any():
                 break
             a, b = a * 0.75, b * 0.75
         else:
             raise ValueError(f"no room for {n_objects} metal objects inside the body")
-        i, j = np.argwhere(ok)[rng.integers(ok.sum())]
-        cx, cy = x[j], y[i]
+        k_best = np.argmin(np.where(ok, np.hypot(X - tx, Y - ty), np.inf))
+        cx, cy = X.flat[k_best], Y.flat[k_best]
         placed.append((cx, cy, max(a, b)))
         fractions[materials[k % len(materials)]] += _ellipse_fraction(geom, cx, cy, a, b, ang)
     out = hu.copy()
