@@ -101,3 +101,6 @@ def test_bad_input():
         baselines.detruncate(sino[:, :-1], mask[:, :-1], PAR)
     with pytest.raises(ValueError, match="only 0"):
         baselines.nmar(sino, mask * 0.5, PAR)
+    with pytest.raises(ValueError, match="no valid"):
+        baselines.li_mar(sino, np.zeros_like(mask))
+    assert np.array_equal(baselines.detruncate(sino + 1, np.ones_like(mask), PAR), sino + 1)

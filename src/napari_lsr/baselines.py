@@ -31,7 +31,7 @@ def _prepare(sino, mask, geom: Geometry | None = None):
         raise ValueError("sinogram contains NaN or infinite values")
     if geom is not None:
         geom.check_sinogram_shape(sino.shape)
-    m = check_mask(mask, sino.shape[-2:])
+    m = check_mask(mask, sino.shape[-2:], require_valid=True)
     try:
         valid = np.broadcast_to(m > 0.5, sino.shape)
     except ValueError:
