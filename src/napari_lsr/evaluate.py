@@ -1,0 +1,237 @@
+"""Evaluation on data with known ground truth, in the form of the paper's Table 1.
+
+Cases: held-out generated slices (phantom seeds from ``EVAL_SEED0`` on, never used in
+training) plus the real CT slices that ship with pydicom / pydicom-data. For every case the
+table reports the *floor* (FBP of the complete, clean sinogram), the uncorrected FBP, the
+classical baselines and LSR (with and without the smooth-join correction); errors are mean
+± std over cases, and ratios compare excess errors ``(method - floor) / (reference - floor)``.
+
+    napari-lsr evaluate --task truncation --out results/truncation
+    napari-lsr evaluate --task metal --out results/metal
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+import torch
+
+from . import baselines, masks, metrics, simulate
+from .data.phantoms import body_mask, generate_slice
+from .geometry import ParallelBeam
+from .lsr import lsr_correct
+from .projector import Projector
+from .units import hu_to_mu, mu_to_hu
+
+EVAL_SEED0 = 10_000_000  # phantom seeds >= this are never used for training
+FBP_FILTER = "shepp-logan"
+
+
+def default_geometry(image_size: int = 256, pixel_size_mm: float = 1.5, n_views: int = 360) -> ParallelBeam:
+    """The evaluation geometry: parallel beam over 180 deg, detector covering the diagonal."""
+    n_det = int(np.ceil(image_size * np.sqrt(2.0))) | 1
+    return ParallelBeam(image_size=image_size, pixel_size_mm=pixel_size_mm, n_views=n_views,
+                        n_det=n_det, det_spacing_mm=pixel_size_mm)
+
+
+@dataclass
+class Case:
+    name: str
+    hu: np.ndarray  # clean ground truth slice, HU
+
+
+def evaluation_cases(n_generated: int, include_real: bool, geom, seed0: int = EVAL_SEED0) -> List[Case]:
+    cases = [Case(f"phantom-{seed0 + i}", generate_slice(seed0 + i, geom.image_size, geom.pixel_size_mm))
+             for i in range(n_generated)]
+    if include_real:
+        from .data.readers import real_ct_slices
+        cases += [Case(f"real-{name}", hu) for name, hu in real_ct_slices(geom.pixel_size_mm, geom.image_size)]
+    return cases
+
+
+def body_width_mm(hu: np.ndarray, pixel_size_mm: float) -> float:
+    """Largest lateral extent of the body (mm)."""
+    cols = np.nonzero(body_mask(hu).any(axis=0))[0]
+    return float(cols.max() - cols.min() + 1) * pixel_size_mm if cols.size else 0.0
+
+
+def _fbp_hu(P: Projector, sino) -> np.ndarray:
+    with torch.no_grad():
+        return mu_to_hu(P.fbp(torch.as_tensor(np.asarray(sino), dtype=torch.float32), filter=FBP_FILTER)).numpy()
+
+
+def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed):
+    """LSR with and without the smooth-join correction, from one optimisation."""
+    res = lsr_correct(sino, mask, geom, model=model, steps=steps, lbfgs_steps=lbfgs_steps, seed=seed,
+                      join=True, fbp_filter=FBP_FILTER)
+    with torch.no_grad():
+        gen_sino = P.forward(hu_to_mu(torch.as_tensor(res.generated_hu))).numpy()
+    plain = np.where(mask == 1, sino, gen_sino.astype(sino.dtype))
+    return {"LSR": (_fbp_hu(P, plain), plain), "LSR + smooth join": (res.image_hu, res.sinogram)}, res
+
+
+def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs_steps: int,
+             fom_fraction: float, seed: int) -> Dict:
+    """All methods on one case; returns per-method metrics and images for the figure."""
+    gt = case.hu
+    body = body_mask(gt)
+    full = P.forward(torch.as_tensor(hu_to_mu(gt), dtype=torch.float32)).numpy()
+    if task == "truncation":
+        fom_mm = fom_fraction * body_width_mm(gt, geom.pixel_size_mm)
+        mask = masks.truncation_mask(geom, fom_mm)
+        sino = np.where(mask == 1, full, 0.0).astype(np.float32)
+        sinos = {"uncorrected": sino, "water-cylinder extrapolation": baselines.detruncate(sino, mask, geom)}
+        region = {"fom_mm": fom_mm}
+    else:
+        mc = simulate.simulate_metal(gt, geom, seed=seed)
+        sino, mask = mc.sinogram.astype(np.float32), mc.mask
+        sinos = {"uncorrected": sino, "LI": baselines.li_mar(sino, mask),
+                 "NMAR": baselines.nmar(sino, mask, geom)}
+        region = {"metal": mc.metal_image_mask}
+    images = {"ground truth": (gt, full), "floor (FBP of complete data)": (_fbp_hu(P, full), full)}
+    images.update({k: (_fbp_hu(P, s), s) for k, s in sinos.items()})
+    t0 = time.perf_counter()
+    lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed)
+    images.update(lsr_imgs)
+    out = {"name": case.name, "lsr_seconds": time.perf_counter() - t0, "lsr_steps": len(res.loss_history),
+           "metrics": {}, "images": {k: v[0] for k, v in images.items()}}
+    for method, (img, s) in images.items():
+        if method == "ground truth":
+            continue
+        m = {"psnr": metrics.psnr(img, gt, data_range=2000.0), "ssim": metrics.ssim(img, gt, data_range=2000.0)}
+        if task == "truncation":
+            m.update(metrics.truncation_errors(img, gt, geom, region["fom_mm"], body=body))
+            m["sinogram_mae"] = metrics.sinogram_mae(s, full, mask)
+        else:
+            m.update(metrics.metal_errors(img, gt, region["metal"], body=body))
+        out["metrics"][method] = m
+    return out
+
+
+def _mean_std(values) -> str:
+    v = np.asarray(values, dtype=float)
+    return f"{v.mean():.1f} ± {v.std():.1f}" if v.size else "n/a"
+
+
+def summarise(task: str, results: List[Dict]) -> Dict:
+    methods = list(results[0]["metrics"])
+    keys = (["inside_fom", "outside_fom", "sinogram_mae", "psnr", "ssim"] if task == "truncation"
+            else ["outside_metal", "psnr", "ssim"])
+    table = {m: {k: [r["metrics"][m][k] for r in results] for k in keys} for m in methods}
+    floor = "floor (FBP of complete data)"
+    main_key = "inside_fom" if task == "truncation" else "outside_metal"
+    refs = ["uncorrected", "water-cylinder extrapolation"] if task == "truncation" else ["uncorrected", "LI", "NMAR"]
+    ratios = {}
+    for m in methods:
+        for ref in refs:
+            if m == ref or m == floor:
+                continue
+            for key in [main_key] + (["outside_fom", "sinogram_mae"] if task == "truncation" else []):
+                excess = np.mean(table[m][key]) - (np.mean(table[floor][key]) if key != "sinogram_mae" else 0.0)
+                ref_excess = np.mean(table[ref][key]) - (np.mean(table[floor][key]) if key != "sinogram_mae" else 0.0)
+                ratios[f"{m} vs {ref} ({key})"] = float(excess / ref_excess) if ref_excess > 0 else float("nan")
+    return {"task": task, "n_cases": len(results), "keys": keys, "table": table, "ratios": ratios}
+
+
+def markdown_table(summary: Dict) -> str:
+    keys = summary["keys"]
+    units = {"inside_fom": "MAE inside FOM (HU)", "outside_fom": "MAE outside FOM, body (HU)",
+             "sinogram_mae": "sinogram MAE, missing part", "outside_metal": "MAE outside metal, body (HU)",
+             "psnr": "PSNR (dB)", "ssim": "SSIM"}
+    lines = ["| method | " + " | ".join(units[k] for k in keys) + " |",
+             "|---|" + "---:|" * len(keys)]
+    for m, row in summary["table"].items():
+        cells = []
+        for k in keys:
+            v = np.asarray(row[k], float)
+            cells.append(f"{v.mean():.3f} ± {v.std():.3f}" if k in ("sinogram_mae", "ssim")
+                         else f"{v.mean():.1f} ± {v.std():.1f}")
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    lines += ["", "Excess-error ratios, (method - floor) / (reference - floor) (sinogram: plain ratio):", ""]
+    lines += [f"- {k}: {v:.3f}" for k, v in summary["ratios"].items()]
+    return "\n".join(lines)
+
+
+def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2) -> None:
+    """Rows: methods; columns: image and difference to ground truth for the first cases."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = results[:n_cases]
+    methods = list(shown[0]["images"])
+    fig, axes = plt.subplots(len(methods), 2 * len(shown), figsize=(3.0 * 2 * len(shown), 3.0 * len(methods)))
+    axes = np.atleast_2d(axes)
+    for c, r in enumerate(shown):
+        gt = r["images"]["ground truth"]
+        for row, m in enumerate(methods):
+            img = r["images"][m]
+            ax, axd = axes[row, 2 * c], axes[row, 2 * c + 1]
+            ax.imshow(img, cmap="gray", vmin=-1000, vmax=1000 if task == "truncation" else 1500)
+            axd.imshow(img - gt, cmap="RdBu_r", vmin=-300, vmax=300)
+            ax.set_title(f"{m}\n{r['name']}", fontsize=8)
+            axd.set_title("difference to GT [-300, 300] HU", fontsize=8)
+            ax.axis("off")
+            axd.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=70)
+    plt.close(fig)
+
+
+def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True, model=None,
+             steps: int = 200, lbfgs_steps: int = 10, fom_fraction: float = 0.6, seed0: int = EVAL_SEED0,
+             geom=None, log=print) -> Dict:
+    """Run the evaluation; writes ``table.md``, ``results.json`` and ``figure.png`` to out_dir."""
+    if task not in ("truncation", "metal"):
+        raise ValueError(f"task must be 'truncation' or 'metal', got {task!r}")
+    from .model import load_model
+    model = load_model() if model is None else model
+    geom = geom or default_geometry(model.config.image_size, model.config.pixel_size_mm)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    P = Projector(geom)
+    results = []
+    for i, case in enumerate(evaluation_cases(n_generated, include_real, geom, seed0)):
+        r = run_case(task, case, geom, P, model, steps, lbfgs_steps, fom_fraction, seed=i)
+        results.append(r)
+        key = "inside_fom" if task == "truncation" else "outside_metal"
+        log(f"[{i + 1}] {case.name}: " + ", ".join(f"{m} {v[key]:.1f}" for m, v in r["metrics"].items())
+            + f" HU ({r['lsr_seconds']:.0f} s LSR)")
+    summary = summarise(task, results)
+    summary.update(geometry=geom.to_dict(), steps=steps, lbfgs_steps=lbfgs_steps, fom_fraction=fom_fraction,
+                   seed0=seed0, cases=[{k: v for k, v in r.items() if k != "images"} for r in results],
+                   model=getattr(model, "training_summary", {}))
+    (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
+    table = markdown_table(summary)
+    (out / "table.md").write_text(f"# LSR evaluation: {task}\n\n{len(results)} cases, {steps} Adam + "
+                                  f"{lbfgs_steps} L-BFGS steps\n\n{table}\n")
+    save_figure(task, results, out / "figure.png")
+    log(table)
+    return summary
+
+
+def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    p.add_argument("--task", choices=["truncation", "metal"], required=True)
+    p.add_argument("--out", default=None, help="output folder (default: results/<task>)")
+    p.add_argument("--n-generated", type=int, default=6, help="held-out phantom slices")
+    p.add_argument("--no-real", action="store_true", help="skip the real CT slices of pydicom(-data)")
+    p.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
+    p.add_argument("--steps", type=int, default=200, help="Adam steps")
+    p.add_argument("--lbfgs-steps", type=int, default=10)
+    p.add_argument("--fom-fraction", type=float, default=0.6, help="FOM diameter / body width (truncation)")
+    p.add_argument("--seed0", type=int, default=EVAL_SEED0, help="first held-out phantom seed")
+    return p
+
+
+def run_evaluate(args) -> int:
+    from .model import load_model
+    evaluate(args.task, args.out or f"results/{args.task}", n_generated=args.n_generated,
+             include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
+             lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0)
+    return 0
