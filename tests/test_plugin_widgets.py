@@ -147,7 +147,7 @@ def test_lsr_run_adds_result_layers(make_napari_viewer, qtbot, phantom, prior_fi
     existing = viewer.layers["sino LSR corrected"]
     w = _lsr_widget(viewer, prior_file, sino, mask)
     worker = w.run()
-    assert worker is not None and w.preview_layer is not None
+    assert worker is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
     assert not errors
     assert viewer.layers["sino LSR corrected"] is existing
@@ -170,7 +170,8 @@ def test_lsr_abort_within_one_step(make_napari_viewer, qtbot, phantom, prior_fil
     w = _lsr_widget(viewer, prior_file, sino, mask, steps=100_000)
     names = [layer.name for layer in viewer.layers]
     w.run()
-    qtbot.waitUntil(lambda: w._buf.count >= 3, timeout=WAIT_MS)
+    qtbot.waitUntil(lambda: w._buf.count >= 3 and w.preview_layer is not None, timeout=WAIT_MS)
+    assert "LSR preview" in viewer.layers  # the live preview of the prior's image
     w.abort()
     at_abort = w._buf.count
     qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)

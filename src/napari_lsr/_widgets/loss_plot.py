@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, NullFormatter
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 _BG, _FG = "#262930", "#d6d0ce"  # napari's dark theme
@@ -18,15 +19,18 @@ class LossPlot(QWidget):
         self.figure = Figure(figsize=(3.2, 2.2), tight_layout=True, facecolor=_BG)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(160)
+        self.canvas.setMinimumHeight(240)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)
         self.ax = self.figure.add_subplot(111, facecolor=_BG)
         self.ax.set_yscale("log")
         self.ax.set_xlabel("step", color=_FG)
-        self.ax.set_ylabel("sinogram misfit (MSE)", color=_FG)
-        self.ax.tick_params(colors=_FG, which="both")
+        self.ax.set_ylabel("loss (masked MSE)", color=_FG)
+        self.ax.tick_params(colors=_FG, which="both", labelsize=8)
+        compact = FuncFormatter(lambda v, _: f"{v:.3g}")
+        self.ax.yaxis.set_major_formatter(compact)
+        self.ax.yaxis.set_minor_formatter(NullFormatter())
         for spine in self.ax.spines.values():
             spine.set_color(_FG)
         (self.line,) = self.ax.plot([], [], color="#ffb000", lw=1.2)
