@@ -60,7 +60,7 @@ def run_demo(args) -> int:
     from . import masks, metrics, simulate
     from .data.phantoms import body_mask, generate_slice
     from .data.readers import write_tiff
-    from .evaluate import EVAL_SEED0, body_width_mm, default_geometry
+    from .evaluate import EVAL_SEED0, METAL_MATERIALS, body_width_mm, default_geometry
     from .lsr import lsr_correct
     from .model import load_model
     from .projector import Projector
@@ -86,7 +86,7 @@ def run_demo(args) -> int:
     spacing = (1.0, geom.pixel_size_mm, geom.pixel_size_mm)
     fom_mm = 0.6 * body_width_mm(gt, geom.pixel_size_mm)
     tmask = masks.truncation_mask(geom, fom_mm)
-    mc = simulate.simulate_metal(gt, geom, seed=0)
+    mc = simulate.simulate_metal(gt, geom, n_objects=2, seed=0, materials=METAL_MATERIALS)
     tasks = {
         "truncation": (np.where(tmask == 1, full, 0.0).astype(np.float32), tmask,
                        lambda img: metrics.truncation_errors(img, gt, geom, fom_mm, body=body)),
