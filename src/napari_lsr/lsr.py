@@ -154,15 +154,26 @@ def _invalid_runs(valid_row: np.ndarray):
     return zip(np.nonzero(edges == -1)[0], np.nonzero(edges == 1)[0])
 
 
-def smooth_join(measured: np.ndarray, generated: np.ndarray, mask: np.ndarray,
-                feather_bins: int = 8, boundary_bins: int = 3) -> np.ndarray:
-    """Inpainted sinogram whose generated segments meet the measured data continuously.
+def _boundary_offset(q_row, g_row, idx, at):
+    """Offset (measured - generated) extrapolated to bin ``at`` by a straight-line fit over
+    the valid bins ``idx`` (offset only when there is a single bin)."""
+    d = q_row[idx] - g_row[idx]
+    if idx.size < 2:
+        return np.full_like(np.asarray(at, dtype=np.float64), d.mean() if d.size else 0.0)
+    slope, intercept = np.polyfit(idx, d, 1)
+    return intercept + slope * np.asarray(at, dtype=np.float64)
 
-    Per view and per missing run, the offset between measured and generated data at each
-    boundary (mean over ``boundary_bins`` valid bins) is added to the generated segment,
-    fading to zero over ``feather_bins`` bins *inside the missing run only*; a run shorter
-    than two feathers gets a linear ramp between its two boundary offsets. Returns the
-    completed sinogram (measured entries are returned unchanged, bit for bit)."""
+
+def smooth_join(measured: np.ndarray, generated: np.ndarray, mask: np.ndarray,
+                feather_bins: int = 16, boundary_bins: int = 4) -> np.ndarray:
+    """Inpainted sinogram whose generated segments meet the measured data smoothly.
+
+    Per view and per missing run, the misfit (measured - generated) over ``boundary_bins``
+    valid bins next to each boundary is fitted by a line (offset and slope) and that line,
+    extrapolated into the gap, is added to the generated segment, fading to zero over
+    ``feather_bins`` bins *inside the missing run only*. A run shorter than two feathers gets
+    the linear interpolation between its two boundary offsets instead. Measured entries are
+    returned unchanged, bit for bit."""
     q = np.asarray(measured)
     g = np.asarray(generated, dtype=np.float64)
     valid = np.asarray(mask) == 1
@@ -174,19 +185,19 @@ def smooth_join(measured: np.ndarray, generated: np.ndarray, mask: np.ndarray,
         for a, b in _invalid_runs(v_row):  # bins a..b-1 are missing
             left = np.arange(max(0, a - boundary_bins), a)
             right = np.arange(b, min(n, b + boundary_bins))
-            d_left = float(np.mean(q_row[left] - g_row[left])) if left.size else None
-            d_right = float(np.mean(q_row[right] - g_row[right])) if right.size else None
             length = b - a
-            k = np.arange(length)
-            corr = np.zeros(length)
-            if d_left is not None and d_right is not None and length < 2 * feather_bins:
-                corr = d_left + (d_right - d_left) * (k + 1) / (length + 1)
+            if left.size and right.size and length < 2 * feather_bins:
+                d_left = _boundary_offset(q_row, g_row, left, a - 1)
+                d_right = _boundary_offset(q_row, g_row, right, b)
+                corr = d_left + (d_right - d_left) * np.arange(1, length + 1) / (length + 1)
             else:
+                corr = np.zeros(length)
                 m = min(feather_bins, length)
-                if d_left is not None:
-                    corr[:m] += d_left * taper[:m]
-                if d_right is not None:
-                    corr[length - m:] += d_right * taper[:m][::-1]
+                if left.size:
+                    corr[:m] += _boundary_offset(q_row, g_row, left, np.arange(a, a + m)) * taper[:m]
+                if right.size:
+                    corr[length - m:] += (_boundary_offset(q_row, g_row, right, np.arange(b - m, b))
+                                          * taper[:m][::-1])
             g_row[a:b] += corr
     return np.where(valid, q, out_g.astype(q.dtype))
 
@@ -302,7 +313,7 @@ def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
                 init=None, callback: Optional[Callable] = None, device=None, seed: int = 0,
                 lr: float = 0.05, tol: float = 1e-4, patience: int = 50, join: bool = True,
-                feather_bins: int = 8, fbp_filter: str = "shepp-logan",
+                feather_bins: int = 16, fbp_filter: str = "shepp-logan",
                 mu_water: float = MU_WATER_PER_MM) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
@@ -356,7 +367,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     mu_water = kwargs.get("mu_water", MU_WATER_PER_MM)
     opt_kw = {k: kwargs[k] for k in ("lr", "tol", "patience") if k in kwargs}
     fin_kw = dict(join=kwargs.get("join", True), fbp_filter=kwargs.get("fbp_filter", "shepp-logan"),
-                  mu_water=mu_water, feather_bins=kwargs.get("feather_bins", 8))
+                  mu_water=mu_water, feather_bins=kwargs.get("feather_bins", 16))
     dev, model, P, prior = _setup(geom, model, device, mu_water)
     n = sinos.shape[0]
     out = VolumeResult(image_hu=np.zeros((n, *geom.image_shape), np.float32), sinogram=np.array(sinos, copy=True),
