@@ -48,6 +48,7 @@ def main():
     ap.add_argument("--screenshot", type=Path, default=None)
     ap.add_argument("--model", type=Path, default=None,
                     help="prior checkpoint (default: the bundled one, else an untrained VAE)")
+    ap.add_argument("--screenshot-after", type=int, default=30, help="steps before the screenshot")
     ap.add_argument("--out", type=Path, default=OUT)
     args = ap.parse_args()
 
@@ -73,11 +74,10 @@ def main():
     viewer.window._qt_window.resize(1700, 1000)
     acquire, mask_w, export = AcquireWidget(viewer), MaskWidget(viewer), ExportWidget(viewer)
     lsr_w = LSRWidget(viewer)
-    dock = viewer.window.add_dock_widget(acquire, name="Acquire / simulate", area="left")
-    viewer.window.add_dock_widget(mask_w, name="Metal mask", area="left", tabify=True)
-    viewer.window.add_dock_widget(export, name="Export", area="left", tabify=True)
     viewer.window.add_dock_widget(lsr_w, name="LSR correction", area="right")
-    dock.raise_()
+    viewer.window.add_dock_widget(export, name="Export", area="left")
+    viewer.window.add_dock_widget(mask_w, name="Metal mask", area="left", tabify=True)
+    viewer.window.add_dock_widget(acquire, name="Acquire / simulate", area="left", tabify=True)
     app = QApplication.instance()
 
     t0 = time.perf_counter()
@@ -90,8 +90,8 @@ def main():
     geom = layer_geometry(sino)
     fbp = mu_to_hu(Projector(geom).fbp(sino.data).numpy())
     add_layer(viewer, image_layer(fbp, "uncorrected FBP (truncated)", [1.0, 1.5, 1.5], geom))
-    gt.visible = False
     viewer.grid.enabled = True
+    viewer.reset_view()
     app.processEvents()
 
     if args.model is not None:
@@ -124,12 +124,15 @@ def main():
     shot = {}
 
     def maybe_screenshot():
-        if args.screenshot and "done" not in shot and lsr_w._buf.count >= 40:
+        if args.screenshot and "done" not in shot and lsr_w._buf.count >= args.screenshot_after:
             shot["done"] = True
             args.screenshot.parent.mkdir(parents=True, exist_ok=True)
+            viewer.reset_view()
+            app.processEvents()
             viewer.screenshot(str(args.screenshot), canvas_only=False)
 
     timer.timeout.connect(maybe_screenshot)
+    load_before = os.getloadavg()
     timer.start()
     t_run = time.perf_counter()
     worker = lsr_w.run()
@@ -156,7 +159,9 @@ def main():
     res = {
         "machine": {"cpu_cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
                     "platform": platform.platform(), "python": platform.python_version(),
-                    "napari": napari.__version__, "device": "cpu", "display": "Xvfb"},
+                    "napari": napari.__version__, "device": "cpu", "display": "Xvfb",
+                    "load_average_1_5_15min_before_run": [round(x, 2) for x in load_before],
+                    "note": "2 shared cores; other jobs (prior training, test suites) were running"},
         "model": model_desc,
         "geometry": geom.to_dict(),
         "sample_seconds_incl_projector_build": round(t_sample, 2),

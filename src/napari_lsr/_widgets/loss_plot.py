@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 _BG, _FG = "#262930", "#d6d0ce"  # napari's dark theme
@@ -29,6 +29,7 @@ class LossPlot(QWidget):
         self.ax.set_ylabel("loss (masked MSE)", color=_FG)
         self.ax.tick_params(colors=_FG, which="both", labelsize=8)
         compact = FuncFormatter(lambda v, _: f"{v:.3g}")
+        self.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         self.ax.yaxis.set_major_formatter(compact)
         self.ax.yaxis.set_minor_formatter(NullFormatter())
         for spine in self.ax.spines.values():
