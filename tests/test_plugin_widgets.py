@@ -193,6 +193,18 @@ def test_lsr_bad_choices_change_nothing(make_napari_viewer, phantom, prior_file,
     assert [layer.name for layer in viewer.layers] == names
 
 
+def test_lsr_current_slice_choice(make_napari_viewer, phantom, prior_file):
+    viewer = make_napari_viewer()
+    sino, mask = _truncated_case(viewer, phantom, n_slices=3)
+    sino.data = sino.data * np.arange(1, 4, dtype=np.float32)[:, None, None]
+    w = _lsr_widget(viewer, prior_file, sino, mask)
+    w.slices.value = "current slice"
+    viewer.dims.set_current_step(0, 2)
+    data, m, geom, index = w._inputs()
+    assert index == 2 and data.shape == m.shape == GEOM.sino_shape
+    np.testing.assert_array_equal(data, sino.data[2])
+
+
 def test_lsr_engine_error_is_a_notification(make_napari_viewer, qtbot, phantom, tmp_path, errors):
     viewer = make_napari_viewer()
     sino, mask = _truncated_case(viewer, phantom)

@@ -141,14 +141,17 @@ def layer_choices(viewer, *kinds, layer_type=None):
 
 
 def connect_layer_events(viewer, container) -> None:
-    """Keep a container's layer pickers in sync with the viewer's layer list."""
+    """Keep a container's layer pickers in sync with the viewer's layer list (names too)."""
+
+    def refresh(*_):
+        try:
+            container.reset_choices()
+        except RuntimeError:  # the widget was closed and deleted
+            pass
+
     events = viewer.layers.events
     for ev in (events.inserted, events.removed, events.moved, events.reordered):
-        ev.connect(lambda *_: container.reset_choices())
-
-    def renamed(event):
-        event.value.events.name.connect(lambda *_: container.reset_choices())
-
-    events.inserted.connect(renamed)
+        ev.connect(refresh)
+    events.inserted.connect(lambda event: event.value.events.name.connect(refresh))
     for layer in viewer.layers:
-        layer.events.name.connect(lambda *_: container.reset_choices())
+        layer.events.name.connect(refresh)
