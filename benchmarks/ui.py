@@ -58,7 +58,6 @@ def main():
     os.environ.pop("QT_QPA_PLATFORM", None)  # the real xcb window, not offscreen
 
     import napari
-    import numpy as np
     import torch
     from qtpy.QtCore import QTimer
     from qtpy.QtWidgets import QApplication

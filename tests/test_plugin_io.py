@@ -1,7 +1,6 @@
 """Plugin I/O: manifest, reader/writer round trips (HU, spacing, geometry), sinogram files,
 sample data. Tiny arrays and geometries only."""
 
-import json
 from pathlib import Path
 
 import numpy as np

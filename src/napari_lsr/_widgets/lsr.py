@@ -45,6 +45,33 @@ def _lower_thread_priority(niceness: int = 10) -> None:
             pass
 
 
+def run_engine(sino, mask, geom, model, opts: dict, warm_steps, callback):
+    """The library calls behind Run (worker thread). One sinogram -> ``lsr_correct``; a stack
+    with ``warm_steps`` -> ``lsr_correct_volume`` (warm starts); a stack without -> one cold
+    ``lsr_correct`` per slice. ``callback(slice, step, loss, preview_hu)`` returns True to stop.
+    Returns the engine's result (``.stopped`` True when stopped)."""
+    from .. import lsr_correct, lsr_correct_volume
+
+    if sino.ndim == 2:
+        return lsr_correct(sino, mask, geom, model=model,
+                           callback=lambda s, l, p: callback(0, s, l, p), **opts)
+    if warm_steps is not None:
+        return lsr_correct_volume(sino, mask, geom, model=model, warm_steps=warm_steps,
+                                  callback=callback, **opts)
+    results = []
+    for k in range(sino.shape[0]):
+        r = lsr_correct(sino[k], mask[k] if mask.ndim == 3 else mask, geom, model=model,
+                        callback=lambda s, l, p, k=k: callback(k, s, l, p), **opts)
+        if r.stopped:
+            return SimpleNamespace(stopped=True)
+        results.append(r)
+    return SimpleNamespace(
+        stopped=False, image_hu=np.stack([r.image_hu for r in results]),
+        generated_hu=np.stack([r.generated_hu for r in results]),
+        sinogram=np.stack([r.sinogram for r in results]),
+        loss_history=[r.loss_history for r in results])
+
+
 class _Progress:
     """Thread-safe buffer between the engine callback and the GUI timer."""
 
@@ -209,9 +236,9 @@ class LSRWidget(QWidget):
         opts = dict(steps=self.steps.value, lbfgs_steps=self.lbfgs_steps.value,
                     device=self.device.value, seed=self.seed.value)
         n_slices = sino.shape[0] if sino.ndim == 3 else 1
-        warm = self.warm_start.value
+        warm_steps = self.warm_steps.value if self.warm_start.value else None
         per_slice = opts["steps"] + opts["lbfgs_steps"]
-        later = (self.warm_steps.value + opts["lbfgs_steps"]) if warm else per_slice
+        later = per_slice if warm_steps is None else warm_steps + opts["lbfgs_steps"]
         total = per_slice + (n_slices - 1) * later
 
         self._abort.clear()
@@ -224,34 +251,14 @@ class LSRWidget(QWidget):
             return abort.is_set()
 
         def work():
-            from .. import lsr_correct, lsr_correct_volume
-
             buf.work_start_time = time.perf_counter()
             _lower_thread_priority()
-            model = self.load_model(key)
-            if sino.ndim == 2:
-                return lsr_correct(sino, mask, geom, model=model,
-                                   callback=lambda s, l, p: step_callback(0, s, l, p), **opts)
-            if warm:
-                return lsr_correct_volume(sino, mask, geom, model=model,
-                                          warm_steps=self.warm_steps.value,
-                                          callback=step_callback, **opts)
-            results = []
-            for k in range(n_slices):
-                m = mask[k] if mask.ndim == 3 else mask
-                r = lsr_correct(sino[k], m, geom, model=model,
-                                callback=lambda s, l, p, k=k: step_callback(k, s, l, p), **opts)
-                if r.stopped:
-                    return SimpleNamespace(stopped=True)
-                results.append(r)
-            return SimpleNamespace(
-                stopped=False, image_hu=np.stack([r.image_hu for r in results]),
-                generated_hu=np.stack([r.generated_hu for r in results]),
-                sinogram=np.stack([r.sinogram for r in results]),
-                loss_history=[r.loss_history for r in results])
+            return run_engine(sino, mask, geom, self.load_model(key), opts, warm_steps, step_callback)
 
         worker = thread_worker(work, ignore_errors=True, start_thread=False)()
-        worker.returned.connect(lambda res: self._on_result(res, sino_layer, geom, index, opts, key))
+        settings = {**opts, "warm_steps": warm_steps, "model": key or DEFAULT_MODEL,
+                    "sinogram": sino_layer.name, "slice": index}
+        worker.returned.connect(lambda res: self._on_result(res, sino_layer, geom, index, settings))
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
@@ -303,7 +310,7 @@ class LSRWidget(QWidget):
             self._show_preview(np.asarray(preview, np.float32), *self._preview_for)
         self.plot.redraw()
 
-    def _on_result(self, res, sino_layer, geom, index, opts, key):
+    def _on_result(self, res, sino_layer, geom, index, settings):
         if res.stopped:
             return
         z = layer_spacing(sino_layer)[0]
@@ -311,9 +318,7 @@ class LSRWidget(QWidget):
         history = res.loss_history
         final = history[-1][-1] if history and isinstance(history[0], list) else \
             (history[-1] if history else None)
-        info = {"lsr": {**opts, "model": key or DEFAULT_MODEL, "final_loss": final,
-                        "warm_start": self.warm_start.value, "slice": index,
-                        "sinogram": sino_layer.name}}
+        info = {"lsr": {**settings, "final_loss": final}}
         base = sino_layer.name + ("" if index is None else f" [slice {index}]")
         add_layer(self.viewer, image_layer(res.image_hu, f"{base} LSR corrected", spacing, geom, **info))
         add_layer(self.viewer, image_layer(res.generated_hu, f"{base} LSR prior", spacing, geom, **info))
