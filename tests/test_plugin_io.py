@@ -143,3 +143,9 @@ def test_sample_data_loads_in_viewer(make_napari_viewer):
     assert layer.metadata["units"] == "HU"
     assert layer.scale[-1] == pytest.approx(0.661468, rel=1e-4)
     assert layer.data.min() < -500 and layer.data.max() > 500
+    tiny = dict(n_slices=1, size=32, pixel_size_mm=8.0, n_views=16, n_det=47)
+    viewer.open_sample("napari-lsr", "truncated_sinogram", fom_mm=120.0, **tiny)
+    viewer.open_sample("napari-lsr", "metal_phantom", **tiny)
+    assert len(viewer.layers) == 1 + 3 + 4
+    sino = viewer.layers["truncated sinogram"]
+    assert sino.metadata["units"] == "line integral" and "geometry" in sino.metadata
