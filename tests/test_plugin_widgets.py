@@ -244,3 +244,11 @@ def test_export_tiff_npy_report_and_overwrite(make_napari_viewer, tmp_path, phan
     assert len(w.export()) == 4
     np.testing.assert_array_equal(read_npy(tmp_path / "out.npy").hu, vol + 100)
     assert not errors
+
+
+def test_widgets_open_from_the_plugin_menu(make_napari_viewer):
+    viewer = make_napari_viewer()
+    for name, cls in [("Acquire / simulate", AcquireWidget), ("Metal mask", MaskWidget),
+                      ("LSR correction", LSRWidget), ("Export", ExportWidget)]:
+        _, widget = viewer.window.add_plugin_dock_widget("napari-lsr", name)
+        assert isinstance(widget, cls)
