@@ -252,3 +252,46 @@ def test_widgets_open_from_the_plugin_menu(make_napari_viewer):
                       ("LSR correction", LSRWidget), ("Export", ExportWidget)]:
         _, widget = viewer.window.add_plugin_dock_widget("napari-lsr", name)
         assert isinstance(widget, cls)
+
+
+def test_metal_workflow_end_to_end(make_napari_viewer, qtbot, prior_file, tmp_path, errors):
+    """Acquire (metal) -> threshold mask on the uncorrected FBP -> LSR -> export."""
+    viewer = make_napari_viewer()
+    hu = generate_slice(0, size=32, pixel_size_mm=8.0, region="abdomen", noise_hu=0.0)
+    add_layer(viewer, image_layer(hu, "clean", (1.0, 8.0, 8.0)))
+    acquire = AcquireWidget(viewer)
+    acquire.image.value = viewer.layers["clean"]
+    acquire.n_views.value = 24
+    acquire.case.value = "metal"
+    acquire.n_metal.value = 1
+    acquire.run()
+    qtbot.waitUntil(lambda: "clean uncorrected FBP (metal)" in viewer.layers, timeout=WAIT_MS)
+
+    mask_w = MaskWidget(viewer)
+    mask_w.reset_choices()
+    mask_w.recon.value = viewer.layers["clean uncorrected FBP (metal)"]
+    mask_w.threshold.value = 2000.0
+    labels = mask_w.make_labels()
+    assert labels is not None and labels.data.any()
+    sino_mask = viewer.layers[f"{labels.name} sinogram mask"]
+    true_mask = viewer.layers["clean metal mask"].data
+    assert sino_mask.data.shape == true_mask.shape and 0 < sino_mask.data.mean() < 1
+    assert (sino_mask.data[true_mask == 0] == 0).mean() > 0.8  # covers the true metal trace
+
+    w = LSRWidget(viewer)
+    w.reset_choices()
+    w.sinogram.value = viewer.layers["clean sinogram (metal)"]
+    w.mask.value = sino_mask
+    w.model.value, w.model_path.value = MODEL_FILE, prior_file
+    w.steps.value, w.lbfgs_steps.value = 3, 1
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    corrected = viewer.layers["clean sinogram (metal) LSR corrected"]
+    assert corrected.data.shape == (32, 32) and not errors
+
+    export = ExportWidget(viewer)
+    export.reset_choices()
+    export.layer.value = corrected
+    export.path.value = tmp_path / "corrected"
+    assert len(export.export()) == 4
+    assert read_tiff(tmp_path / "corrected.tif").meta["lsr"]["steps"] == 3
