@@ -5,14 +5,13 @@ Responsiveness: the engine's callback (worker thread) only appends to a locked b
 checks the abort flag; a QTimer in the GUI thread drains the buffer at a steady 5 Hz (20 Hz
 until the first point, so that one shows at once), redraws the plot, moves the progress bar
 and updates the preview layer. So the event loop never receives one signal per step, however
-fast the steps are; the worker thread also runs at a lower OS priority (Linux). Abort sets the flag (the
-callback returns True, the engine stops after the current step) and quits the worker.
+fast the steps are (and the plot redraws only its curve between rare axis changes). Abort
+sets the flag (the callback returns True, the engine stops after the current step) and quits
+the worker.
 Results arrive as NEW layers with unique names; nothing existing is overwritten."""
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -34,17 +33,6 @@ DEFAULT_MODEL = "bundled default"
 MODEL_FILE = "file..."
 REFRESH_MS = 200  # 5 Hz
 FIRST_POINT_MS = 50  # poll faster until the first loss point has been shown
-
-
-def _lower_thread_priority(niceness: int = 10) -> None:
-    """Give the calling (worker) thread a higher nice value, Linux only: on a busy CPU the
-    GUI thread then wins, and the viewer stays responsive. PyTorch's helper threads started
-    from this thread inherit it."""
-    if sys.platform.startswith("linux"):
-        try:
-            os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), niceness)
-        except OSError:
-            pass
 
 
 def run_engine(sino, mask, geom, model, opts: dict, warm_steps, callback):
@@ -254,7 +242,6 @@ class LSRWidget(QWidget):
 
         def work():
             buf.work_start_time = time.perf_counter()
-            _lower_thread_priority()
             return run_engine(sino, mask, geom, self.load_model(key), opts, warm_steps, step_callback)
 
         worker = thread_worker(work, ignore_errors=True, start_thread=False)()
