@@ -149,3 +149,18 @@ def test_sample_data_loads_in_viewer(make_napari_viewer):
     assert len(viewer.layers) == 1 + 3 + 4
     sino = viewer.layers["truncated sinogram"]
     assert sino.metadata["units"] == "line integral" and "geometry" in sino.metadata
+
+
+def test_save_through_napari_uses_our_writers(make_napari_viewer, tmp_path):
+    from napari_lsr._widgets._common import add_layer, image_layer
+
+    viewer = make_napari_viewer()
+    hu = np.full((2, 16, 16), 40.0, np.float32)
+    layer = add_layer(viewer, image_layer(hu, "vol", (3.0, 2.0, 2.0), GEOM))
+    for ext in (".tif", ".npy"):
+        viewer.layers.selection = {layer}
+        viewer.layers.save(str(tmp_path / f"vol{ext}"), selected=True, plugin="napari-lsr")
+        [(data, kwargs, _)] = napari_get_reader(str(tmp_path / f"vol{ext}"))(str(tmp_path / f"vol{ext}"))
+        np.testing.assert_array_equal(data, hu)
+        assert kwargs["scale"] == (3.0, 2.0, 2.0)
+        assert geometry_from_dict(kwargs["metadata"]["geometry"]) == GEOM
