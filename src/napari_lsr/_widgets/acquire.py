@@ -138,17 +138,17 @@ class AcquireWidget(Container):
         args = dict(case=self.case.value, fom_mm=self.fom_mm.value, n_metal=self.n_metal.value,
                     seed=self.seed.value, fbp=self.show_fbp.value)
         worker = thread_worker(simulate_scan, ignore_errors=True, start_thread=False)(hu, geom, **args)
-        worker.returned.connect(lambda out: self._add_layers(layer, geom, out))
-        worker.errored.connect(lambda e: show_error(str(e)))
+        worker.returned.connect(lambda out: self._add_layers(layer, geom, args["case"], out))
+        worker.errored.connect(lambda e: show_error(f"simulation failed: {e}"))
         worker.finished.connect(lambda: setattr(self.run_button, "enabled", True))
         self.run_button.enabled = False
         self.worker = worker
         worker.start()
         return worker
 
-    def _add_layers(self, layer, geom, out):
+    def _add_layers(self, layer, geom, case, out):
         spacing = layer_spacing(layer)
-        name, case = layer.name, self.case.value
+        name = layer.name
         tag = "" if case == "none" else f" ({case})"
         if out["image_hu"] is not None:
             add_layer(self.viewer, image_layer(out["image_hu"], f"{name} with metal", spacing, geom))
