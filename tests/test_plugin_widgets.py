@@ -84,6 +84,20 @@ def test_acquire_rejects_non_square(make_napari_viewer, errors):
     assert errors and "square" in errors[0] and len(viewer.layers) == 1
 
 
+def test_acquire_library_error_is_a_notification(make_napari_viewer, qtbot, phantom, errors):
+    viewer = make_napari_viewer()
+    add_layer(viewer, image_layer(phantom, "phantom", (1.0, PIX, PIX)))
+    w = AcquireWidget(viewer)
+    w.image.value = viewer.layers["phantom"]
+    w.n_views.value = 24
+    w.case.value = "truncation"
+    w.fom_mm.value = 1000.0  # wider than the body: nothing to truncate
+    assert w.run() is not None
+    qtbot.waitUntil(lambda: bool(errors), timeout=WAIT_MS)
+    assert errors[0].startswith("simulation failed:") and "FOM" in errors[0]
+    assert len(viewer.layers) == 1
+
+
 def _disk(cy, cx, r):
     yy, xx = np.mgrid[:32, :32]
     return ((yy - cy) ** 2 + (xx - cx) ** 2 <= r * r).astype(np.uint8)
