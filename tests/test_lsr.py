@@ -146,3 +146,9 @@ def test_prior_resampled_onto_a_different_grid(tiny_prior, case):
     res = lsr.lsr_correct(sino, mask, geom, model=tiny_prior, steps=2, lbfgs_steps=0)
     assert res.generated_hu.shape == (40, 40)
     assert np.allclose(res.generated_hu[0, 0], -1000.0)  # outside the prior's field: air
+
+
+def test_volume_rejects_unknown_options(tiny_prior, case):
+    measured, mask, _, _ = case
+    with pytest.raises(TypeError, match="fbp_fliter"):
+        lsr.lsr_correct_volume(measured[None], mask, GEOM, model=tiny_prior, steps=1, fbp_fliter="ramp")

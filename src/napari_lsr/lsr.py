@@ -346,6 +346,9 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
                      loss_history=history, stopped=stopped, seconds=time.perf_counter() - t0)
 
 
+_VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "join", "feather_bins", "fbp_filter", "mu_water"}
+
+
 def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: int = 500,
                        warm_steps: int = 50, lbfgs_steps: int = 20, batch_size: int = 1,
                        callback: Optional[Callable] = None, device=None, seed: int = 0,
@@ -363,6 +366,10 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         raise ValueError(f"lsr_correct_volume takes a stack (slices, views, detector); got {sinos.shape}")
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
+    unknown = set(kwargs) - _VOLUME_OPTIONS
+    if unknown:
+        raise TypeError(f"lsr_correct_volume got unknown options {sorted(unknown)}; "
+                        f"accepted: {sorted(_VOLUME_OPTIONS)}")
     masks = np.broadcast_to(masks, sinos.shape)
     mu_water = kwargs.get("mu_water", MU_WATER_PER_MM)
     opt_kw = {k: kwargs[k] for k in ("lr", "tol", "patience") if k in kwargs}
