@@ -20,9 +20,8 @@ import napari
 import numpy as np
 from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
 from napari.qt.threading import thread_worker
-from napari.utils import progress
 from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
 
 from ._common import (add_layer, connect_layer_events, image_layer, layer_choices,
                       layer_geometry, layer_spacing, show_error, show_info, sinogram_layer,
@@ -127,6 +126,11 @@ class LSRWidget(QWidget):
         self.abort_button.clicked.connect(self.abort)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        # A plain Qt bar, not napari.utils.progress: napari's activity indicator is an
+        # animated GIF whose frames repaint the whole (OpenGL-composited) window ~40 times a
+        # second; with software OpenGL that took half the GUI thread (benchmarks/ui.py).
+        self.progress_bar = QProgressBar()
+        self.progress_bar.setTextVisible(True)
         self.plot = LossPlot(self)
 
         buttons = QHBoxLayout()
@@ -135,6 +139,7 @@ class LSRWidget(QWidget):
         layout = QVBoxLayout(self)
         layout.addWidget(self.params.native)
         layout.addLayout(buttons)
+        layout.addWidget(self.progress_bar)
         layout.addWidget(self.status)
         layout.addWidget(self.plot, stretch=1)
 
@@ -147,7 +152,6 @@ class LSRWidget(QWidget):
         self.run_started = None
         self._abort = threading.Event()
         self._buf = _Progress(10)
-        self._pbar = None
         self._models = {}
         connect_layer_events(v, self.params)
 
@@ -258,12 +262,9 @@ class LSRWidget(QWidget):
         self.status.setText("loading the prior..." if key not in self._models else "running...")
         self.plot.clear()
         self.plot.redraw()
+        self.progress_bar.setRange(0, total)
+        self.progress_bar.setValue(0)
         self.timer.start(FIRST_POINT_MS)
-        pbar = progress(total=total, desc="LSR")  # processes events: the run may end here
-        if self.worker is worker:
-            self._pbar = pbar
-        else:
-            pbar.close()
         return worker
 
     def abort(self):
@@ -293,8 +294,7 @@ class LSRWidget(QWidget):
                 self._buf.first_point_time = time.perf_counter()
                 self.timer.setInterval(REFRESH_MS)
             self.plot.extend(losses)
-            if self._pbar is not None:
-                self._pbar.update(len(losses))
+            self.progress_bar.setValue(min(count, self.progress_bar.maximum()))
             self.status.setText(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}")
         if preview is not None and self._preview_for is not None:
             self._show_preview(np.asarray(preview, np.float32), *self._preview_for)
@@ -323,10 +323,9 @@ class LSRWidget(QWidget):
     def _on_finished(self):
         self._drain()
         self.timer.stop()
-        if self._pbar is not None:
-            self._pbar.close()
-            self._pbar = None
         aborted = self._abort.is_set()
+        if not aborted:
+            self.progress_bar.setValue(self.progress_bar.maximum())
         n = self._buf.count
         self.status.setText(f"aborted after {n} steps (no layers added)" if aborted else
                             f"done: {n} steps")
