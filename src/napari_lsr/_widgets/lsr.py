@@ -149,6 +149,7 @@ class LSRWidget(QWidget):
         self.worker = None
         self.preview_layer = None
         self._preview_for = None
+        self._pending_preview = None
         self.run_started = None
         self._abort = threading.Event()
         self._buf = _Progress(10)
@@ -238,6 +239,7 @@ class LSRWidget(QWidget):
         self._abort.clear()
         self._buf = _Progress(self.preview_every.value)
         self._preview_for = (geom, sino_layer)
+        self._pending_preview = None
         buf, abort = self._buf, self._abort
 
         def step_callback(slice_index, step, loss, preview_hu):
@@ -260,8 +262,7 @@ class LSRWidget(QWidget):
         self.run_button.setEnabled(False)
         self.abort_button.setEnabled(True)
         self.status.setText("loading the prior..." if key not in self._models else "running...")
-        self.plot.clear()
-        self.plot.redraw()
+        self.plot.clear()  # drawn with the first point
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self.timer.start(FIRST_POINT_MS)
@@ -289,16 +290,23 @@ class LSRWidget(QWidget):
 
     def _drain(self):
         losses, preview, count, slice_index = self._buf.take()
+        first = False
         if losses:
+            self.plot.extend(losses)
+            self.plot.redraw()
+            self.progress_bar.setValue(min(count, self.progress_bar.maximum()))
+            self.status.setText(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}")
             if self._buf.first_point_time is None:
                 self._buf.first_point_time = time.perf_counter()
                 self.timer.setInterval(REFRESH_MS)
-            self.plot.extend(losses)
-            self.progress_bar.setValue(min(count, self.progress_bar.maximum()))
-            self.status.setText(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}")
-        if preview is not None and self._preview_for is not None:
-            self._show_preview(np.asarray(preview, np.float32), *self._preview_for)
-        self.plot.redraw()
+                first = True
+        if preview is not None:
+            self._pending_preview = preview
+        # not in the same tick as the first point: making the preview layer the first time
+        # blocks the GUI for a moment (vispy), and the first loss point should show at once
+        if self._pending_preview is not None and self._preview_for is not None and not first:
+            self._show_preview(np.asarray(self._pending_preview, np.float32), *self._preview_for)
+            self._pending_preview = None
 
     def _on_result(self, res, sino_layer, geom, index, settings):
         if res.stopped:
