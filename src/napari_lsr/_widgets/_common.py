@@ -70,7 +70,7 @@ def sinogram_layer(data, name: str, geometry: Geometry, slice_spacing_mm: float 
 
 def mask_layer(data, name: str, geometry: Geometry, slice_spacing_mm: float = 1.0, **meta) -> tuple:
     """LayerData tuple of a sinogram validity mask, shown as a translucent overlay."""
-    data = np.asarray(data, np.float32)
+    data = np.array(data, np.float32)  # a copy: masks may come as read-only broadcast views
     spacing = sinogram_spacing(geometry, slice_spacing_mm)
     md = {"kind": "sinogram_mask", "units": MASK_UNITS, "geometry": geometry.to_dict(),
           "spacing_mm": spacing, **meta}
