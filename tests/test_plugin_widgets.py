@@ -178,6 +178,18 @@ def test_lsr_run_adds_result_layers(make_napari_viewer, qtbot, phantom, prior_fi
     assert w.plot.draw_count >= 1
 
 
+def test_lsr_volume_without_warm_start(make_napari_viewer, qtbot, phantom, prior_file, errors):
+    viewer = make_napari_viewer()
+    sino, mask = _truncated_case(viewer, phantom, n_slices=2)
+    w = _lsr_widget(viewer, prior_file, sino, mask, steps=2, lbfgs=0)
+    w.warm_start.value = False
+    w.run()
+    qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
+    assert not errors and w._buf.count == 4  # two cold slices of two steps
+    corrected = viewer.layers["sino LSR corrected"]
+    assert corrected.data.shape == (2, 32, 32) and corrected.metadata["lsr"]["warm_steps"] is None
+
+
 def test_lsr_abort_within_one_step(make_napari_viewer, qtbot, phantom, prior_file, errors):
     viewer = make_napari_viewer()
     sino, mask = _truncated_case(viewer, phantom)
