@@ -76,3 +76,13 @@ def test_frozen_and_replace():
         g.image_size = 64
     g2 = g.replace(n_views=10)
     assert g2.n_views == 10 and g.n_views == 360
+
+
+@pytest.mark.parametrize("cls, extra", [(lsr.ParallelBeam, {}), (lsr.FanBeam, dict(sid_mm=500.0, sdd_mm=900.0))])
+@pytest.mark.parametrize("offset", [0.0, 3.3])
+def test_min_n_det_is_the_smallest_covering_detector(cls, extra, offset):
+    kw = dict(image_size=64, pixel_size_mm=2.0, det_spacing_mm=1.7, det_offset_mm=offset, **extra)
+    n = cls.min_n_det(**kw)
+    cls(n_det=n, **kw)  # covers
+    with pytest.raises(ValueError, match=f"n_det={n}"):
+        cls(n_det=n - 1, **kw)

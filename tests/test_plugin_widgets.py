@@ -21,6 +21,18 @@ GEOM = ParallelBeam(image_size=32, pixel_size_mm=PIX, n_views=24, n_det=47, det_
 WAIT_MS = 60_000
 
 
+@pytest.fixture(autouse=True)
+def _workers_finish_before_viewer_closes(make_napari_viewer, qtbot):
+    """Let background workers end and their signals land before the viewer is torn down
+    (set up after make_napari_viewer, so torn down before it); on a loaded machine a worker
+    finishing during teardown otherwise races napari's layer clean-up."""
+    from napari.qt.threading import WorkerBase
+
+    yield
+    WorkerBase.await_workers(msecs=30_000)
+    qtbot.wait(50)
+
+
 @pytest.fixture
 def errors(monkeypatch):
     """Messages passed to napari's show_error (instead of showing them)."""

@@ -146,13 +146,20 @@ class ParallelBeam(_GeometryBase):
         half_det = self.n_det * self.det_spacing_mm / 2.0
         reach = half_det - abs(self.det_offset_mm)
         if reach < half_diag - 1e-6 * half_diag:
-            need = math.ceil(2 * (half_diag + abs(self.det_offset_mm)) / self.det_spacing_mm)
+            need = self.min_n_det(self.image_size, self.pixel_size_mm, self.det_spacing_mm, self.det_offset_mm)
             raise ValueError(
                 f"the detector ({self.n_det} bins x {self.det_spacing_mm} mm, offset "
                 f"{self.det_offset_mm} mm) does not cover the image diagonal of "
                 f"{2 * half_diag:.1f} mm; use at least n_det={need} at this spacing. (A truncated "
                 "scan is simulated with a truncation mask, not with a short detector.)"
             )
+
+    @staticmethod
+    def min_n_det(image_size: int, pixel_size_mm: float, det_spacing_mm: float,
+                  det_offset_mm: float = 0.0) -> int:
+        """Fewest detector bins that cover the image diagonal at this spacing and offset."""
+        half_diag = image_size * pixel_size_mm / math.sqrt(2.0)
+        return math.ceil(2 * (half_diag + abs(det_offset_mm)) / det_spacing_mm - 1e-9)
 
     def ray_offsets_mm(self) -> np.ndarray:
         """Detector bin centres s_d in mm, shape (n_det,)."""
@@ -189,13 +196,20 @@ class FanBeam(_GeometryBase):
         need = math.asin(half_diag / self.sid_mm)  # half fan angle to cover the image
         gam = self.fan_angles_rad()
         if gam[0] > -need + 1e-9 or gam[-1] < need - 1e-9:
-            dg = self.det_spacing_mm / self.sdd_mm
-            n_need = math.ceil(2 * (need + abs(self.det_offset_mm) / self.sdd_mm) / dg) + 1
+            n_need = self.min_n_det(self.image_size, self.pixel_size_mm, self.det_spacing_mm,
+                                    self.det_offset_mm, self.sid_mm, self.sdd_mm)
             raise ValueError(
                 f"the detector ({self.n_det} bins x {self.det_spacing_mm} mm at sdd "
                 f"{self.sdd_mm} mm) does not cover the image (half fan angle "
                 f"{math.degrees(need):.2f} deg needed); use at least n_det={n_need}"
             )
+
+    @staticmethod
+    def min_n_det(image_size: int, pixel_size_mm: float, det_spacing_mm: float,
+                  det_offset_mm: float = 0.0, sid_mm: float = 595.0, sdd_mm: float = 1085.6) -> int:
+        """Fewest arc-detector bins whose fan covers the image at this spacing and offset."""
+        need = math.asin(min(1.0, image_size * pixel_size_mm / math.sqrt(2.0) / sid_mm))
+        return math.ceil(2 * (need + abs(det_offset_mm) / sdd_mm) / (det_spacing_mm / sdd_mm) - 1e-9) + 1
 
     @property
     def det_spacing_rad(self) -> float:

@@ -7,7 +7,6 @@ seconds; the layers are added when it returns."""
 
 from __future__ import annotations
 
-import re
 
 import napari
 import numpy as np
@@ -24,7 +23,7 @@ CASES = ("none", "truncation", "metal")
 def build_geometry(kind: str, image_size: int, pixel_size_mm: float, n_views: int,
                    arc_deg: float, n_det: int = 0, det_spacing_mm: float = 0.0):
     """A ParallelBeam / FanBeam for the image. ``det_spacing_mm`` 0: one pixel at the
-    isocentre; ``n_det`` 0: the fewest bins that cover the image (the geometry says how many)."""
+    isocentre; ``n_det`` 0: the fewest bins that cover the image (``min_n_det``)."""
     cls = ParallelBeam if kind == "parallel" else FanBeam
     kw = dict(image_size=int(image_size), pixel_size_mm=float(pixel_size_mm),
               n_views=int(n_views), arc_deg=float(arc_deg))
@@ -32,15 +31,9 @@ def build_geometry(kind: str, image_size: int, pixel_size_mm: float, n_views: in
         magnification = 1.0 if cls is ParallelBeam else FanBeam.sdd_mm / FanBeam.sid_mm
         det_spacing_mm = pixel_size_mm * magnification
     kw["det_spacing_mm"] = float(det_spacing_mm)
-    if n_det > 0:
-        return cls(n_det=int(n_det), **kw)
-    try:
-        return cls(n_det=1, **kw)
-    except ValueError as e:  # the geometry tells the detector size it needs
-        found = re.search(r"n_det=(\d+)", str(e))
-        if not found:
-            raise
-        return cls(n_det=int(found.group(1)), **kw)
+    if n_det <= 0:
+        n_det = cls.min_n_det(kw["image_size"], kw["pixel_size_mm"], kw["det_spacing_mm"])
+    return cls(n_det=int(n_det), **kw)
 
 
 def simulate_scan(hu, geom, case: str = "none", fom_mm: float = 200.0, n_metal: int = 2,
