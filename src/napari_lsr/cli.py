@@ -58,13 +58,14 @@ def _save_png(path: Path, panels, title: str) -> None:
 # ----------------------------------------------------------------------------------------
 def run_demo(args) -> int:
     from . import masks, metrics, simulate
+    from .baselines import reconstruct_hu
     from .data.phantoms import body_mask, generate_slice
     from .data.readers import write_tiff
     from .evaluate import EVAL_SEED0, METAL_MATERIALS, body_width_mm, default_geometry
     from .lsr import lsr_correct
     from .model import load_model
     from .projector import Projector
-    from .units import hu_to_mu, mu_to_hu
+    from .units import hu_to_mu
 
     torch.manual_seed(0)
     out = _unused_dir(Path(args.out))
@@ -77,10 +78,6 @@ def run_demo(args) -> int:
     P = Projector(geom)
     full = P.forward(torch.as_tensor(hu_to_mu(gt), dtype=torch.float32)).numpy()
     body = body_mask(gt)
-
-    def fbp_hu(s):
-        with torch.no_grad():
-            return mu_to_hu(P.fbp(torch.as_tensor(s, dtype=torch.float32), filter="shepp-logan")).numpy()
 
     report = {"geometry": geom.to_dict(), "steps": args.steps, "lbfgs_steps": args.lbfgs_steps, "tasks": {}}
     spacing = (1.0, geom.pixel_size_mm, geom.pixel_size_mm)
@@ -95,7 +92,7 @@ def run_demo(args) -> int:
     }
     for name, (sino, mask, errors) in tasks.items():
         print(f"{name}: running LSR ({args.steps} Adam + {args.lbfgs_steps} L-BFGS steps)")
-        uncorrected = fbp_hu(sino)
+        uncorrected = reconstruct_hu(sino, geom, filter="shepp-logan")
         res = lsr_correct(sino, mask, geom, model=model, steps=args.steps, lbfgs_steps=args.lbfgs_steps,
                           callback=_progress_printer(name, args.steps + args.lbfgs_steps), device=args.device,
                           fbp_filter="shepp-logan")

@@ -23,11 +23,12 @@ import numpy as np
 import torch
 
 from . import baselines, masks, metrics, simulate
+from .baselines import reconstruct_hu
 from .data.phantoms import body_mask, generate_slice
 from .geometry import ParallelBeam
 from .lsr import lsr_correct
 from .projector import Projector
-from .units import hu_to_mu, mu_to_hu
+from .units import hu_to_mu
 
 EVAL_SEED0 = 10_000_000  # phantom seeds >= this are never used for training
 FBP_FILTER = "shepp-logan"
@@ -68,11 +69,6 @@ def body_width_mm(hu: np.ndarray, pixel_size_mm: float) -> float:
     return float(cols.max() - cols.min() + 1) * pixel_size_mm if cols.size else 0.0
 
 
-def _fbp_hu(P: Projector, sino) -> np.ndarray:
-    with torch.no_grad():
-        return mu_to_hu(P.fbp(torch.as_tensor(np.asarray(sino), dtype=torch.float32), filter=FBP_FILTER)).numpy()
-
-
 def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed):
     """LSR with and without the smooth-join correction, from one optimisation."""
     res = lsr_correct(sino, mask, geom, model=model, steps=steps, lbfgs_steps=lbfgs_steps, seed=seed,
@@ -80,7 +76,7 @@ def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed):
     with torch.no_grad():
         gen_sino = P.forward(hu_to_mu(torch.as_tensor(res.generated_hu))).numpy()
     plain = np.where(mask == 1, sino, gen_sino.astype(sino.dtype))
-    return {"LSR": (_fbp_hu(P, plain), plain), "LSR + smooth join": (res.image_hu, res.sinogram)}, res
+    return {"LSR": (reconstruct_hu(plain, geom, FBP_FILTER), plain), "LSR + smooth join": (res.image_hu, res.sinogram)}, res
 
 
 def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs_steps: int,
@@ -104,8 +100,8 @@ def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs
         sinos = {"uncorrected": sino, "LI": baselines.li_mar(sino, mask),
                  "NMAR": baselines.nmar(sino, mask, geom)}
         region = {"metal": mc.metal_image_mask}
-    images = {"ground truth": (gt, full), "floor (FBP of complete data)": (_fbp_hu(P, full), full)}
-    images.update({k: (_fbp_hu(P, s), s) for k, s in sinos.items()})
+    images = {"ground truth": (gt, full), "floor (FBP of complete data)": (reconstruct_hu(full, geom, FBP_FILTER), full)}
+    images.update({k: (reconstruct_hu(s, geom, FBP_FILTER), s) for k, s in sinos.items()})
     t0 = time.perf_counter()
     lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed)
     images.update(lsr_imgs)
