@@ -64,14 +64,20 @@ def _truncated_case(viewer, phantom, n_slices=1):
     return s, m
 
 
-def test_acquire_truncation(make_napari_viewer, qtbot, phantom, errors):
-    viewer = make_napari_viewer()
+def _truncation_acquire(viewer, phantom, fom_mm):
+    """An Acquire widget set to simulate truncation of the phantom (24 views)."""
     add_layer(viewer, image_layer(phantom, "phantom", (1.0, PIX, PIX)))
     w = AcquireWidget(viewer)
     w.image.value = viewer.layers["phantom"]
     w.n_views.value = 24
     w.case.value = "truncation"
-    w.fom_mm.value = 80.0
+    w.fom_mm.value = fom_mm
+    return w
+
+
+def test_acquire_truncation(make_napari_viewer, qtbot, phantom, errors):
+    viewer = make_napari_viewer()
+    w = _truncation_acquire(viewer, phantom, 80.0)
     worker = w.run()
     assert worker is not None
     qtbot.waitUntil(lambda: len(viewer.layers) == 4, timeout=WAIT_MS)
@@ -98,12 +104,7 @@ def test_acquire_rejects_non_square(make_napari_viewer, errors):
 
 def test_acquire_library_error_is_a_notification(make_napari_viewer, qtbot, phantom, errors):
     viewer = make_napari_viewer()
-    add_layer(viewer, image_layer(phantom, "phantom", (1.0, PIX, PIX)))
-    w = AcquireWidget(viewer)
-    w.image.value = viewer.layers["phantom"]
-    w.n_views.value = 24
-    w.case.value = "truncation"
-    w.fom_mm.value = 1000.0  # wider than the body: nothing to truncate
+    w = _truncation_acquire(viewer, phantom, 1000.0)  # wider than the body: nothing to truncate
     assert w.run() is not None
     qtbot.waitUntil(lambda: bool(errors), timeout=WAIT_MS)
     assert errors[0].startswith("simulation failed:") and "FOM" in errors[0]
