@@ -25,10 +25,12 @@ from functools import lru_cache
 import numpy as np
 from scipy import ndimage
 
+from . import phantom_head
+
 REGIONS = ("thorax", "abdomen", "pelvis", "head")
 _REGION_P = (0.3, 0.3, 0.2, 0.2)
 _Z_RANGE = {"thorax": (0.0, 250.0), "abdomen": (0.0, 200.0), "pelvis": (0.0, 200.0),
-            "head": (0.0, 140.0)}  # mm; z grows towards the head
+            "head": phantom_head.Z_RANGE}  # mm; z grows towards the head
 _FIT = 0.45  # everything (body and table) stays inside this fraction of the field width
 
 
@@ -242,24 +244,14 @@ class _Patient:
         self.femur_r = u(20, 26)
 
     def _draw_head(self):
-        u = self.rng.uniform
-        self.skull = (u(1.2, 2.2), u(2.0, 5.0), u(1.0, 1.8))  # outer table, diploe, inner (mm)
-        self.diploe_hu = u(400, 750)
-        self.csf = u(1.0, 4.0)
-        self.wm_harm = self._harm(12, 0.05, k0=3)
-        self.wm_inset = u(10, 16)
-        self.vent = (u(0.7, 1.4), u(0.8, 1.2))
-        self.n_sulci = int(u(18, 32))
-        self.sulci = (self.rng.uniform(0, 2 * np.pi, 40), self.rng.uniform(4, 12, 40))
+        phantom_head.draw(self)
 
     # -- geometry -------------------------------------------------------------------------
     def body_axes(self, z):
         """Half axes of the body outline at z (mm)."""
         d = self.drift
         if self.region == "head":
-            lo, hi = _Z_RANGE["head"]
-            s = 0.55 + 0.45 * np.sqrt(max(0.0, 1.0 - ((z - lo) / (1.15 * (hi - lo))) ** 2))
-            return self.a * s * (1 + 0.02 * d[0](z)), self.b * (0.8 + 0.2 * s)
+            return phantom_head.body_axes(self, z)
         return self.a * (1 + 0.04 * d[0](z)), self.b * (1 + 0.04 * d[1](z))
 
     def outline(self, z, n=96):
@@ -622,34 +614,7 @@ class _Patient:
             cv.paint(20.0, 0, ys + 0.75 * vr, 0.45 * vr, 0.2 * vr)  # sacral canal
 
     def _paint_head(self, cv, z, a, b):
-        o, dip, inn = self.skull
-        t = self.fat + self.muscle  # scalp
-        sa, sb = a - t, b - t
-        cv.paint(self.hu_cort, 0, 0, sa, sb, 0, self.harm)
-        cv.paint(self.diploe_hu, 0, 0, sa - o, sb - o, 0, self.harm)
-        cv.paint(self.hu_cort, 0, 0, sa - o - dip, sb - o - dip, 0, self.harm)
-        ba, bb = sa - o - dip - inn, sb - o - dip - inn
-        cv.paint(5.0, 0, 0, ba, bb, 0, self.harm)  # CSF rim
-        ga, gb = ba - self.csf, bb - self.csf
-        cv.paint(40.0, 0, 0, ga, gb, 0, self.harm)  # grey matter
-        wi = self.wm_inset
-        if ga > wi + 10:
-            cv.paint(26.0, 0, 0, ga - wi, gb - wi, 0, self.wm_harm)  # white matter
-        # sulci: thin CSF clefts from the surface
-        ang, length = self.sulci
-        for i in range(self.n_sulci):
-            th = ang[i] + 0.003 * z
-            x, y = (ga - length[i] / 2) * np.cos(th), (gb - length[i] / 2) * np.sin(th)
-            cv.paint(8.0, x, y, length[i] / 2, 0.9, th)
-        # falx and ventricles
-        cv.paint(45.0, 0, 0, 1.0, gb - 2)
-        pv = _bump(z, 25, 115) * self.vent[0]
-        if pv > 0:
-            for sgn in (-1, 1):
-                cv.paint(5.0, sgn * 6 * self.vent[1], -0.05 * gb, 5 * pv + 1, 0.3 * gb * pv,
-                         sgn * 0.15)
-            cv.paint(5.0, 0, 0.28 * gb, 2, 5 * pv)
-
+        phantom_head.paint(self, cv, z, a, b)
 
 def _pick_region(rng, region):
     if region is None:
