@@ -39,7 +39,7 @@ def median_s(fn, repeats: int, warmup: int = 3) -> float:
 
 
 def decoder_fb(model: VAE, batch: int, repeats: int) -> float:
-    z = torch.randn(batch, model.config.latent_dim, requires_grad=True)
+    z = torch.randn(batch, model.config.z_size, requires_grad=True)
 
     def step():
         z.grad = None
@@ -54,10 +54,10 @@ def lsr_step(model: VAE, repeats: int) -> tuple[float, float]:
                             n_det=367, det_spacing_mm=c.pixel_size_mm, arc_deg=180.0)
     proj = lsr.Projector(geom)
     with torch.no_grad():
-        q = proj.forward(lsr.hu_to_mu(model.decode_hu(torch.randn(1, c.latent_dim))))
+        q = proj.forward(lsr.hu_to_mu(model.decode_hu(torch.randn(1, c.z_size))))
     mask = torch.ones_like(q)
     mask[..., :60] = 0.0
-    z = torch.zeros(1, c.latent_dim, requires_grad=True)
+    z = torch.zeros(1, c.z_size, requires_grad=True)
     opt = torch.optim.Adam([z], lr=0.05)
 
     def step():

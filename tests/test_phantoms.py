@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from napari_lsr.data.phantoms import REGIONS, body_mask, generate_slice, generate_volume
 
@@ -81,3 +82,45 @@ def test_body_mask():
     assert m[20, 20] and m[6, 6] and not m[0, 0] and m.sum() == 900
     assert body_mask(np.stack([hu, hu])).shape == (2, 40, 40)
     assert not body_mask(np.full((8, 8), -1000.0)).any()
+
+
+def _width_mm(hu, px=1.5):
+    cols = np.nonzero(body_mask(hu).any(axis=0))[0]
+    return (cols.max() - cols.min() + 1) * px
+
+
+def test_body_sizes_range_from_child_to_large_adult():
+    widths = [_width_mm(generate_slice(s, region="abdomen", noise_hu=0, table=False))
+              for s in range(40)]
+    assert min(widths) < 230 and max(widths) > 300  # children and adults in 40 patients
+
+
+def test_fit_false_lets_large_trunks_leave_the_field():
+    size = 128
+    yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+    edge = np.hypot(yy, xx) > 0.49 * size
+    left = [generate_slice(s, size=size, region="thorax", noise_hu=0, fit=False)[edge].max() > 0
+            for s in range(6)]
+    assert any(left)
+    for s in range(6):  # the default keeps every body inside
+        assert generate_slice(s, size=size, region="thorax", noise_hu=0)[edge].max() < -990
+
+
+def test_contrast_and_arms_appear_in_some_patients():
+    bright_vessels, arms = 0, 0
+    for s in range(30):
+        hu = generate_slice(s, region="abdomen", noise_hu=0, table=False)
+        _, n = ndimage.label(hu > -500)
+        arms += n >= 3  # trunk plus two separate arms
+        body = body_mask(hu)
+        bright_vessels += ((hu > 150) & (hu < 400) & body).sum() > 100
+    assert 3 <= arms <= 20 and bright_vessels >= 5
+
+
+def test_correlated_noise_has_the_requested_std_and_grain():
+    a = generate_slice(5, region="abdomen", noise_hu=0, table=False)
+    b = generate_slice(5, region="abdomen", noise_hu=15, table=False)
+    n = b - a
+    assert 13 < n.std() < 17
+    lag1 = np.corrcoef(n[:, :-1].ravel(), n[:, 1:].ravel())[0, 1]
+    assert 0.2 < lag1 < 0.9  # correlated between neighbours, not white

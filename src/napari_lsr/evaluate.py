@@ -106,6 +106,7 @@ def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs
     lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed)
     images.update(lsr_imgs)
     out = {"name": case.name, "lsr_seconds": time.perf_counter() - t0, "lsr_steps": len(res.loss_history),
+           "lsr_final_loss": float(res.loss_history[-1]),
            "metrics": {}, "images": {k: v[0] for k, v in images.items()}}
     for method, (img, s) in images.items():
         if method == "ground truth":

@@ -39,7 +39,7 @@ class LSRResult:
     image_hu: np.ndarray        # (H, W) FBP of the completed sinogram, HU
     sinogram: np.ndarray        # (V, D) completed sinogram: measured where the mask is 1
     generated_hu: np.ndarray    # (H, W) the prior's image G(z*) on the geometry grid, HU
-    z: np.ndarray               # (latent_dim,) optimised latent vector
+    z: np.ndarray               # (z_size,) optimised latent vector
     loss_history: List[float]   # masked mean squared sinogram misfit per step
     stopped: bool = False       # True when the callback stopped the run
     seconds: float = 0.0        # wall time of the optimisation
@@ -52,7 +52,7 @@ class VolumeResult:
     image_hu: np.ndarray        # (S, H, W)
     sinogram: np.ndarray        # (S, V, D)
     generated_hu: np.ndarray    # (S, H, W)
-    z: np.ndarray               # (S, latent_dim)
+    z: np.ndarray               # (S, z_size)
     loss_history: List[List[float]] = field(default_factory=list)
     stopped: bool = False
     seconds_per_slice: List[float] = field(default_factory=list)
@@ -299,7 +299,7 @@ def _setup(geom, model, device, mu_water):
 
 
 def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
-    latent = model.config.latent_dim
+    latent = model.config.z_size
     if init is not None:
         z0 = torch.as_tensor(np.asarray(init), dtype=torch.float32)
         if z0.shape[-1] != latent or z0.numel() not in (latent, batch * latent):
@@ -379,7 +379,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     n = sinos.shape[0]
     out = VolumeResult(image_hu=np.zeros((n, *geom.image_shape), np.float32), sinogram=np.array(sinos, copy=True),
                        generated_hu=np.zeros((n, *geom.image_shape), np.float32),
-                       z=np.zeros((n, model.config.latent_dim), np.float32))
+                       z=np.zeros((n, model.config.z_size), np.float32))
     z_prev = kwargs.get("init")
     for s0 in range(0, n, batch_size):
         idx = slice(s0, min(n, s0 + batch_size))

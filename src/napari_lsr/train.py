@@ -58,6 +58,10 @@ class TrainConfig:
     base_channels: int = 8
     channel_mults: tuple = (1, 2, 4, 8, 16, 32)
     attn_heads: int = 4
+    stem_factor: int = 1                  # 1: conv stem; 4: pixel-unshuffle stem (see vae.py)
+    full_res_block: bool = False
+    spatial_channels: int = 0             # > 0: spatial latent beside the global vector
+    spatial_size: int = 16
     steps: int = 20_000                   # total optimiser steps (sets the cosine schedule)
     epoch_steps: int = 250
     batch_size: int = 8
@@ -72,13 +76,19 @@ class TrainConfig:
     patience: int = 8                     # epochs without val-MAE improvement before stopping
     max_minutes: float | None = None      # wall-time budget; stops after the epoch that hits it
     phantoms: bool = True
+    regions: list = field(default_factory=list)  # phantom regions to draw (empty: all)
+    bank: str | None = None               # .npy of pre-generated phantoms (made if missing)
+    bank_size: int = 20_000
+    crop_fraction: float = 0.05           # share of phantoms cut to a small display field
     data: list = field(default_factory=list)
     real_slices: bool = False
     data_fraction: float = 0.25
     augment: bool = True
     resume: bool = False
     device: str = "auto"
-    threads: int | None = None
+    threads: int | None = 2
+    bf16: bool = True                     # bfloat16 autocast (CPU and CUDA)
+    channels_last: bool = False           # channels-last memory format
     seed: int = 0
     half: bool = False                    # store float16 weights (half the file size)
     progress: bool = True
@@ -86,7 +96,9 @@ class TrainConfig:
     def vae_config(self) -> VAEConfig:
         return VAEConfig(image_size=self.image_size, latent_dim=self.latent_dim,
                          base_channels=self.base_channels, channel_mults=tuple(self.channel_mults),
-                         attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm)
+                         attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm,
+                         stem_factor=self.stem_factor, full_res_block=self.full_res_block,
+                         spatial_channels=self.spatial_channels, spatial_size=self.spatial_size)
 
 
 def _paths(out) -> dict:
@@ -97,11 +109,56 @@ def _paths(out) -> dict:
 
 
 # -- data -----------------------------------------------------------------------------------
-def phantom_batch(seeds, size: int, pixel_size_mm: float) -> np.ndarray:
-    """Generated slices in HU, float32 (len(seeds), size, size)."""
+def region_for_seed(seed: int, regions) -> str | None:
+    """The phantom region of a training seed when only ``regions`` are wanted (None: any)."""
+    if not regions:
+        return None
+    return regions[int(np.random.default_rng([int(seed), 17]).integers(len(regions)))]
+
+
+def phantom_batch(seeds, size: int, pixel_size_mm: float, regions=(),
+                  fit: bool | None = True) -> np.ndarray:
+    """Generated slices in HU, float32 (len(seeds), size, size); ``fit`` as in
+    :func:`~napari_lsr.data.phantoms.generate_slice` (training draws use None: some large
+    bodies leave the field; validation and evaluation keep every body inside)."""
     from .data.phantoms import generate_slice
 
-    return np.stack([generate_slice(int(s), size, pixel_size_mm) for s in seeds])
+    return np.stack([generate_slice(int(s), size, pixel_size_mm, region_for_seed(s, regions),
+                                    fit=fit) for s in seeds])
+
+
+def make_phantom_bank(path, n: int, size: int, pixel_size_mm: float, regions=(),
+                      seed0: int = 0, chunk: int = 256, log=print) -> Path:
+    """Write ``n`` training phantoms (seeds ``seed0 ..``) as int16 HU (n, size, size) to the
+    .npy ``path`` (written to a temporary file, then renamed; about 0.13 MB per 256² slice).
+    Generating costs ~15 ms per 256² slice; training from a bank saves that every step."""
+    from numpy.lib.format import open_memmap
+
+    path = Path(path)
+    if seed0 + n > TRAIN_SEEDS:
+        raise ValueError(f"a bank of {n} phantoms from seed {seed0} leaves the training seeds "
+                         f"(0..{TRAIN_SEEDS - 1})")
+    tmp = path.with_name(path.name + ".part.npy")
+    arr = open_memmap(tmp, mode="w+", dtype=np.int16, shape=(n, size, size))
+    t0 = time.time()
+    for i in range(0, n, chunk):
+        seeds = range(seed0 + i, seed0 + min(n, i + chunk))
+        hu = phantom_batch(seeds, size, pixel_size_mm, regions, fit=None)
+        arr[i:i + len(seeds)] = np.clip(np.rint(hu), -32768, 32767)
+        log(f"phantom bank {path.name}: {i + len(seeds)}/{n} ({time.time() - t0:.0f} s)")
+    arr.flush()
+    del arr
+    tmp.replace(path)
+    return path
+
+
+def open_phantom_bank(path, size: int) -> np.ndarray:
+    """Memory-map a phantom bank; checks dtype and slice size."""
+    bank = np.load(path, mmap_mode="r")
+    if bank.ndim != 3 or bank.shape[1:] != (size, size) or bank.dtype != np.int16:
+        raise ValueError(f"{path}: a phantom bank must be int16 (N, {size}, {size}); got "
+                         f"{bank.dtype} {bank.shape}. Delete it to have it made again.")
+    return bank
 
 
 def load_slice_pool(cfg: TrainConfig) -> tuple[np.ndarray, dict]:
@@ -137,6 +194,26 @@ def augment(x: torch.Tensor, rng: np.random.Generator, fill: float, max_deg: flo
     return F.grid_sample(x - fill, grid, align_corners=False) + fill
 
 
+def crop_display_field(x: torch.Tensor, rng: np.random.Generator, fill: float,
+                       min_frac: float = 0.3, max_frac: float = 0.7) -> torch.Tensor:
+    """Cut each image of (B,1,S,S) to a random square or circle (side/diameter ``min_frac``-
+    ``max_frac`` of S, off-centre), air outside: what a DICOM series reconstructed on a small
+    display field looks like once placed in a larger field."""
+    b, _, s, _ = x.shape
+    yy, xx = torch.meshgrid(torch.arange(s, dtype=torch.float32),
+                            torch.arange(s, dtype=torch.float32), indexing="ij")
+    out = x.clone()
+    for i in range(b):
+        half = 0.5 * s * rng.uniform(min_frac, max_frac)
+        cy, cx = (s - 1) / 2 + rng.uniform(-0.15, 0.15, 2) * s
+        if rng.random() < 0.5:
+            keep = ((yy - cy).abs() <= half) & ((xx - cx).abs() <= half)
+        else:
+            keep = (yy - cy) ** 2 + (xx - cx) ** 2 <= half ** 2
+        out[i, 0] = torch.where(keep, x[i, 0], torch.tensor(fill))
+    return out
+
+
 class BatchSource:
     """Draws training batches (normalised, (B,1,S,S)) for one rank."""
 
@@ -146,6 +223,29 @@ class BatchSource:
         if not cfg.phantoms and len(self.pool) == 0:
             raise ValueError("no training data: phantoms disabled and no data/real slices given")
         self.rng = np.random.default_rng([cfg.seed, rank])
+        self.bank = None
+        if cfg.phantoms and cfg.bank:
+            if not Path(cfg.bank).is_file():
+                if rank == 0:
+                    make_phantom_bank(cfg.bank, cfg.bank_size, model_cfg.image_size,
+                                      model_cfg.pixel_size_mm, cfg.regions)
+                if world > 1:
+                    import torch.distributed as dist
+                    dist.barrier()
+            self.bank = open_phantom_bank(cfg.bank, model_cfg.image_size)
+            self.info["phantom_bank"] = {"path": str(cfg.bank), "n": len(self.bank)}
+
+    def phantoms(self, step: int, n: int) -> np.ndarray:
+        """n phantom slices in HU for this step: fresh seeds, or random bank entries with a
+        random left-right flip."""
+        if self.bank is None:
+            return phantom_batch(self.phantom_seeds(step)[:n], self.mc.image_size,
+                                 self.mc.pixel_size_mm, self.cfg.regions, fit=None)
+        idx = np.sort(self.rng.integers(0, len(self.bank), n))
+        hu = self.bank[idx].astype(np.float32)
+        flip = self.rng.random(n) < 0.5
+        hu[flip] = hu[flip, :, ::-1]
+        return hu
 
     def phantom_seeds(self, step: int) -> np.ndarray:
         """Disjoint across ranks and steps (until wrap-around), always in [0, TRAIN_SEEDS)."""
@@ -161,9 +261,13 @@ class BatchSource:
             use_pool = self.rng.random(cfg.batch_size) < (cfg.data_fraction if cfg.phantoms else 1)
         x = torch.empty(cfg.batch_size, 1, mc.image_size, mc.image_size)
         if (~use_pool).any():
-            seeds = self.phantom_seeds(step)[~use_pool]
-            x[torch.from_numpy(~use_pool)] = norm(phantom_batch(seeds, mc.image_size,
-                                                                mc.pixel_size_mm))[:, None]
+            xp = norm(self.phantoms(step, int((~use_pool).sum())))[:, None]
+            crop = self.rng.random(len(xp)) < cfg.crop_fraction
+            if crop.any():
+                air = (-1000.0 - mc.hu_min) / (mc.hu_max - mc.hu_min)
+                xp[torch.from_numpy(crop)] = crop_display_field(xp[torch.from_numpy(crop)],
+                                                                self.rng, air)
+            x[torch.from_numpy(~use_pool)] = xp
         if use_pool.any():
             idx = self.rng.integers(0, len(self.pool), int(use_pool.sum()))
             xp = norm(self.pool[idx])[:, None]
@@ -237,6 +341,7 @@ def _lr_lambda(cfg: TrainConfig):
 def elbo_loss(model, x: torch.Tensor, beta: float, soft_tissue_weight: float, mc: VAEConfig):
     """Returns (loss, weighted L1 in normalised units, KL per image in nats)."""
     recon, mu, logvar = model(x)
+    recon, mu, logvar = recon.float(), mu.float(), logvar.float()
     lo, hi = ((np.array(SOFT_TISSUE_HU) - mc.hu_min) / (mc.hu_max - mc.hu_min)).tolist()
     w = 1.0 + soft_tissue_weight * ((x > lo) & (x < hi)).float()
     l1 = (w * (recon - x).abs()).mean()
@@ -325,6 +430,8 @@ def _train(cfg, rank, world, device, dist) -> Path:
     torch.manual_seed(cfg.seed)
     mc = cfg.vae_config()
     model = VAE(mc).to(device)
+    if cfg.channels_last:
+        model = model.to(memory_format=torch.channels_last)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, history, best, bad_epochs, elapsed0 = 0, [], float("inf"), 0, 0.0
@@ -352,7 +459,7 @@ def _train(cfg, rank, world, device, dist) -> Path:
     if main:
         if cfg.phantoms:
             val_hu = phantom_batch(range(VAL_SEED0, VAL_SEED0 + cfg.val_n), mc.image_size,
-                                   mc.pixel_size_mm)
+                                   mc.pixel_size_mm, cfg.regions)
         else:
             val_hu = source.pool[-max(1, len(source.pool) // 10):]
     data_summary = {"phantoms": cfg.phantoms, "train_seeds": f"0..{TRAIN_SEEDS - 1}",
@@ -372,10 +479,14 @@ def _train(cfg, rank, world, device, dist) -> Path:
                 bar = tqdm(total=n_ep, desc=f"steps {step}-{step + n_ep}", leave=False)
             except ImportError:
                 bar = None
+        t_ep = time.perf_counter()
         for _ in range(n_ep):
             x = source.batch(step).to(device)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             beta = cfg.beta * min(1.0, (step + 1) / max(1, cfg.kl_warmup_steps))
-            loss, l1, kl = elbo_loss(net, x, beta, cfg.soft_tissue_weight, mc)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                loss, l1, kl = elbo_loss(net, x, beta, cfg.soft_tissue_weight, mc)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -390,11 +501,13 @@ def _train(cfg, rank, world, device, dist) -> Path:
                 print(f"step {step}: loss {loss.item():.4f} kl {kl.item():.0f}", flush=True)
         if bar is not None:
             bar.close()
+        s_per_step = (time.perf_counter() - t_ep) / n_ep
         stop = torch.zeros(1)
         if main:
             val = reconstruction_metrics(model, val_hu)
             rec = {"step": step, "epoch": len(history) + 1, "elapsed_s": time.time() - t0,
-                   "lr": sched.get_last_lr()[0], "train_loss": sums[0] / n_ep,
+                   "lr": sched.get_last_lr()[0], "s_per_step": s_per_step,
+                   "train_loss": sums[0] / n_ep,
                    "train_l1": sums[1] / n_ep, "train_kl": sums[2] / n_ep,
                    **{f"val_{k}": v for k, v in val.items() if k != "n"}}
             history.append(rec)
@@ -436,37 +549,74 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     """Add the ``napari-lsr train`` options (one per :class:`TrainConfig` field)."""
     d = TrainConfig()
     a = parser.add_argument
-    a("--out", default=d.out, help="best checkpoint path (also writes <stem>_last.pt, "
-      "<stem>_history.png/.json)")
+    a("--out", default=d.out, help="best checkpoint path; also writes <stem>_last.pt and "
+      "<stem>_history.png/.json (default: %(default)s)")
     a("--data", nargs="*", default=[], help="CT files/folders (NPY, TIFF, DICOM) to mix in")
     a("--no-phantoms", dest="phantoms", action="store_false",
       help="train on --data / --real-slices only")
-    a("--real-slices", action="store_true", help="mix in the real CT slices from pydicom-data")
+    a("--regions", nargs="*", default=[], help="phantom regions to draw (thorax abdomen pelvis "
+      "head; default: all)")
+    a("--bank", default=None, help="pre-generated phantom bank (.npy, int16 HU); made with "
+      "--bank-size phantoms if missing. Saves ~15 ms per slice per step (default: generate "
+      "every batch afresh)")
+    a("--bank-size", type=int, default=d.bank_size, help="phantoms in a new bank "
+      "(default: %(default)s)")
+    a("--crop-fraction", type=float, default=d.crop_fraction, help="share of phantoms cut to "
+      "a small display field, as small-field DICOM series look (default: %(default)s)")
+    a("--real-slices", action="store_true", help="mix in the real CT slices from pydicom-data "
+      "(they are also evaluation cases: leave off to keep the evaluation honest)")
     a("--data-fraction", type=float, default=d.data_fraction,
-      help="share of each batch drawn from --data/--real-slices when phantoms are on")
-    a("--no-augment", dest="augment", action="store_false")
-    a("--image-size", type=int, default=d.image_size, choices=(64, 128, 256, 512))
-    a("--pixel-size-mm", type=float, default=d.pixel_size_mm)
-    a("--latent-dim", type=int, default=d.latent_dim)
-    a("--base-channels", type=int, default=d.base_channels)
-    a("--channel-mults", type=int, nargs="+", default=list(d.channel_mults))
-    a("--attn-heads", type=int, default=d.attn_heads)
-    a("--steps", type=int, default=d.steps)
-    a("--epoch-steps", type=int, default=d.epoch_steps)
-    a("--batch-size", type=int, default=d.batch_size)
-    a("--lr", type=float, default=d.lr)
-    a("--beta", type=float, default=d.beta, help="KL weight (KL per pixel)")
-    a("--kl-warmup-steps", type=int, default=d.kl_warmup_steps)
-    a("--soft-tissue-weight", type=float, default=d.soft_tissue_weight)
-    a("--grad-clip", type=float, default=d.grad_clip)
-    a("--val-n", type=int, default=d.val_n)
-    a("--patience", type=int, default=d.patience)
-    a("--max-minutes", type=float, default=None)
+      help="share of each batch drawn from --data/--real-slices when phantoms are on "
+      "(default: %(default)s)")
+    a("--no-augment", dest="augment", action="store_false",
+      help="no flips/rotations of user slices")
+    a("--image-size", type=int, default=d.image_size, choices=(32, 64, 128, 256, 512),
+      help="model image side in pixels (default: %(default)s)")
+    a("--pixel-size-mm", type=float, default=d.pixel_size_mm,
+      help="model pixel size in mm (default: %(default)s)")
+    a("--latent-dim", type=int, default=d.latent_dim,
+      help="global latent vector length (default: %(default)s)")
+    a("--base-channels", type=int, default=d.base_channels,
+      help="width at the stem's resolution (default: %(default)s)")
+    a("--channel-mults", type=int, nargs="+", default=list(d.channel_mults),
+      help="width multipliers per level (default: %(default)s)")
+    a("--attn-heads", type=int, default=d.attn_heads,
+      help="attention heads at the bottleneck (default: %(default)s)")
+    a("--stem-factor", type=int, default=d.stem_factor, choices=(1, 2, 4, 8),
+      help="1: convolution stem; 4: pixel-unshuffle stem, no convolutions at full resolution "
+      "(default: %(default)s)")
+    a("--full-res-block", action="store_true", help="residual block at the first level")
+    a("--spatial-channels", type=int, default=d.spatial_channels,
+      help="channels of a spatial latent beside the global vector; 0 = none "
+      "(default: %(default)s)")
+    a("--spatial-size", type=int, default=d.spatial_size,
+      help="side of the spatial latent grid (default: %(default)s)")
+    a("--steps", type=int, default=d.steps, help="total optimiser steps; sets the cosine "
+      "schedule (default: %(default)s)")
+    a("--epoch-steps", type=int, default=d.epoch_steps,
+      help="steps between validations/checkpoints (default: %(default)s)")
+    a("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
+    a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    a("--beta", type=float, default=d.beta, help="KL weight, KL per pixel "
+      "(default: %(default)s)")
+    a("--kl-warmup-steps", type=int, default=d.kl_warmup_steps, help="(default: %(default)s)")
+    a("--soft-tissue-weight", type=float, default=d.soft_tissue_weight,
+      help="extra L1 weight on -200..300 HU (default: %(default)s)")
+    a("--grad-clip", type=float, default=d.grad_clip, help="(default: %(default)s)")
+    a("--val-n", type=int, default=d.val_n, help="validation phantoms (default: %(default)s)")
+    a("--patience", type=int, default=d.patience,
+      help="epochs without improvement before stopping (default: %(default)s)")
+    a("--max-minutes", type=float, default=None, help="wall-time budget (default: none)")
     a("--resume", action="store_true", help="continue from <stem>_last.pt")
-    a("--device", default=d.device, choices=("auto", "cpu", "cuda"))
-    a("--threads", type=int, default=None, help="torch CPU threads")
-    a("--seed", type=int, default=d.seed)
-    a("--half", action="store_true", help="store float16 weights")
+    a("--device", default=d.device, choices=("auto", "cpu", "cuda"),
+      help="(default: %(default)s)")
+    a("--threads", type=int, default=d.threads, help="torch CPU threads (default: "
+      "%(default)s; 1 when training beside other work on a 2-core machine)")
+    a("--no-bf16", dest="bf16", action="store_false",
+      help="train in float32 instead of bfloat16 autocast")
+    a("--channels-last", action="store_true", help="channels-last memory format")
+    a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    a("--half", action="store_true", help="store float16 weights (half the file size)")
     a("--no-progress", dest="progress", action="store_false")
     return parser
 

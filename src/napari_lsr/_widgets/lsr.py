@@ -182,7 +182,7 @@ class LSRWidget(QWidget):
         import torch
 
         model = self.load_model(self._model_key())
-        z = torch.zeros(1, model.config.latent_dim, requires_grad=True)
+        z = torch.zeros(1, model.config.z_size, requires_grad=True)
         model.decode_hu(z).sum().backward()
         torch.optim.Adam([z]).step()
         return model

@@ -49,6 +49,14 @@ def _upsample(g, size):
     return g[:, i0] * (1 - w.T) + g[:, i0 + 1] * w.T
 
 
+def ct_noise(rng: np.random.Generator, shape) -> np.ndarray:
+    """Unit-std noise with CT-like correlation: band-pass (fine grain, suppressed lowest
+    frequencies), as filtered backprojection shapes quantum noise."""
+    w = rng.standard_normal(shape, np.float32)
+    n = ndimage.gaussian_filter(w, 0.8) - 0.5 * ndimage.gaussian_filter(w, 2.5)
+    return n / max(float(n.std()), 1e-6)
+
+
 def _bump(z, lo, hi):
     """Ellipsoid-like presence profile: 1 in the middle of [lo, hi], 0 outside."""
     t = (2.0 * z - lo - hi) / (hi - lo)
@@ -178,7 +186,40 @@ class _Patient:
         self.rib_phase = u(0, 1)
         self.rib_tilt = u(0.004, 0.008)  # revolutions of the rib pattern per mm of z
         self.drift = [self._drift() for _ in range(24)]
+        self._draw_habitus(np.random.default_rng([self.seed, 2]))
         getattr(self, "_draw_" + region)()
+
+    def _draw_habitus(self, v: np.random.Generator):
+        """Body size (child to large adult), IV contrast, arms, fat strands, table type."""
+        trunk = self.region != "head"
+        kind = v.choice(3, p=(0.15, 0.75, 0.10))
+        self.size = (v.uniform(0.55, 0.85), v.uniform(0.88, 1.12), v.uniform(1.12, 1.35))[kind]
+        if not trunk:
+            self.size = 1.0  # head sizes are drawn by phantom_head
+        self.contrast = trunk and v.uniform() < 0.4
+        enh = v.uniform(0.4, 1.0) if self.contrast else 0.0
+        if self.contrast:
+            self.hu_blood = v.uniform(140, 320)
+        self.hu_liver = 60.0 + 55.0 * enh
+        self.hu_spleen = 50.0 + 70.0 * enh
+        self.hu_kcortex = 50.0 + 160.0 * enh
+        self.hu_kmedulla = 30.0 + 90.0 * enh
+        self.arms = (trunk and self.region != "pelvis" and v.uniform() < 0.3)
+        self.arm = dict(r=v.uniform(32, 48), fat=v.uniform(3, 18), gap=v.uniform(-8, 8),
+                        y=v.uniform(-0.2, 0.3), bone=v.uniform(9, 13),
+                        hu_fat=self.hu_fat + v.uniform(-5, 5))
+        n = int(v.uniform(6, 30))
+        self.strands = dict(t=v.uniform(0, 2 * np.pi, n), u=v.uniform(0.15, 0.85, n),
+                            L=v.uniform(4, 18, n), ang=v.normal(0, 0.6, n),
+                            hu=v.uniform(-40, 20, n), w=v.uniform(0.3, 0.8, n))
+        nv = int(v.uniform(10, 40))
+        self.mesentery = dict(x=v.uniform(-0.8, 0.8, nv), y=v.uniform(-0.8, 0.6, nv),
+                              r=v.uniform(0.8, 3.0, nv), L=v.uniform(0, 25, nv),
+                              ang=v.uniform(0, np.pi, nv))
+        self.table_kind = str(v.choice(["solid", "sandwich"], p=(0.5, 0.5)))
+        self.foam_hu, self.shell_hu = v.uniform(-900, -650), v.uniform(300, 900)
+        self.pad, self.pad_hu = bool(v.uniform() < 0.4), v.uniform(-950, -750)
+        self.big = v.uniform(1.05, 1.45)  # body size when it may leave the field
 
     # -- random helpers -------------------------------------------------------------------
     def _harm(self, k, amp, k0=2):
@@ -255,22 +296,46 @@ class _Patient:
         return self.a * (1 + 0.04 * d[0](z)), self.b * (1 + 0.04 * d[1](z))
 
     def outline(self, z, n=96):
-        """Body outline points (x, y) in patient mm at z, for fitting into the field."""
+        """Body outline points (x, y) in patient mm at z (arms included), for fitting the
+        patient into the field."""
         a, b = self.body_axes(z)
         t = np.linspace(0, 2 * np.pi, n, endpoint=False)
         e = np.exp(1j * t)
         r = 1.0 + np.real(np.polyval(np.r_[self.harm[::-1], 0], e))
-        return a * r * np.cos(t), b * r * np.sin(t)
+        x, y = a * r * np.cos(t), b * r * np.sin(t)
+        for ax, ay, ra, rb in self.arm_ellipses(z):
+            x = np.r_[x, ax + ra * np.cos(t)]
+            y = np.r_[y, ay + rb * np.sin(t)]
+        return x, y
 
-    def pose(self, zs, size, pixel_mm, rng, table_on=None):
-        """Scale, rotation, shift and table: fixed for the whole volume, body fits the field.
+    def arm_ellipses(self, z):
+        """(x, y, half width, half depth) in mm of the arms beside the trunk (none if the
+        arms are raised)."""
+        if not self.arms:
+            return []
+        a, b = self.body_axes(z)
+        arm = self.arm
+        fore = self.region == "abdomen"  # forearms beside the abdomen
+        ra = arm["r"] * (0.8 if fore else 1.0)
+        rb = ra * 1.1
+        return [(sgn * (a * (1 + 0.035) + arm["gap"] + ra), arm["y"] * b, ra, rb)
+                for sgn in (-1, 1)]
 
-        The table is a curved plate under a trunk, a U-shaped holder around a head; room for
-        it is kept whether it is drawn or not, so ``table`` changes nothing else.
+    def pose(self, zs, size, pixel_mm, rng, table_on=None, fit=True):
+        """Scale, rotation, shift and table: fixed for the whole volume.
+
+        The patient is scaled by its body size (child to large adult) and shrunk further if
+        needed so that it fits the field; with ``fit=False`` an oversized patient keeps its
+        size and may leave the field. The table is a curved plate (solid, or a carbon-fibre
+        sandwich with a foam core, optionally under a pad) under a trunk, a U-shaped holder
+        around a head; room for it is kept whether it is drawn or not, so ``table`` changes
+        nothing else.
         """
         head = self.region == "head"
         rot = np.deg2rad(rng.uniform(-5, 5))
         shift = rng.uniform(-25, 25, 2)
+        if not head:
+            shift *= 1.6
         table = dict(on=rng.uniform() < (0.5 if head else 0.7), head=head,
                      t=rng.uniform(3, 6) if head else rng.uniform(5, 10),
                      hu=rng.uniform(200, 400), gap=rng.uniform(3, 10), R=rng.uniform(350, 900))
@@ -279,7 +344,6 @@ class _Patient:
         pts = np.concatenate([np.stack(self.outline(z), 0) for z in zs], 1)
         cr, sr = np.cos(rot), np.sin(rot)
         x, y = cr * pts[0] - sr * pts[1], sr * pts[0] + cr * pts[1]
-        room = table["t"] + table["gap"] + 2.0  # mm around (head) or below (trunk) the body
         rmax = _FIT * size * pixel_mm
 
         def extent(x, y, sx=0.0, sy=0.0):
@@ -288,10 +352,15 @@ class _Patient:
             return max(np.hypot(x + sx, y + sy).max(),
                        np.hypot(0.5 * np.abs(x).max(), y.max() + sy + room))
 
-        scale = min(1.0, 0.97 * rmax / extent(x, y))  # shrink the patient if the field is small
+        if not head and self.table_kind == "sandwich":
+            table["t"] *= 3.0
+        room = table["t"] + table["gap"] + 2.0  # mm around (head) or below (trunk) the body
+        scale = min(self.size, 0.97 * rmax / extent(x, y))  # shrink if the field is small
+        if not fit and not head:
+            scale = self.big
         x, y = x * scale, y * scale
         for _ in range(30):  # keep the shifted body and its table inside the circle rmax
-            if extent(x, y, *shift) <= rmax:
+            if extent(x, y, *shift) <= rmax or (not fit and not head):
                 break
             shift *= 0.8
         if head:  # holder: ring around the head centre, open at the top
@@ -302,23 +371,30 @@ class _Patient:
             sag = R - np.sqrt(np.maximum(R * R - xs * xs, 0.0))
             table["y"] = (y + shift[1] + sag).max() + table["gap"]
         table["x"] = shift[0]
+        table.update(kind="holder" if head else self.table_kind, pad=self.pad and not head,
+                     foam_hu=self.foam_hu, shell_hu=self.shell_hu, pad_hu=self.pad_hu)
         return scale, rot, shift, table
 
     # -- rendering ------------------------------------------------------------------------
-    def render(self, zs, size=256, pixel_mm=1.5, table=None, noise_hu=None, rng=None):
+    def render(self, zs, size=256, pixel_mm=1.5, table=None, noise_hu=None, rng=None,
+               fit=True):
         rng = rng if rng is not None else np.random.default_rng(self.seed)
-        scale, rot, shift, tab = self.pose(zs, size, pixel_mm, rng, table)
+        scale, rot, shift, tab = self.pose(zs, size, pixel_mm, rng, table, fit)
         noise = rng.uniform(0, 10) if noise_hu is None else float(noise_hu)
+        noise_rng = np.random.default_rng([self.seed, 3])
+        if noise_hu is None:
+            noise = noise_rng.uniform(2, 20)
         out = np.empty((len(zs), size, size), np.float32)
         for i, z in enumerate(zs):
             cv = _Canvas(size, pixel_mm, scale, rot, shift)
             inside = self.paint_body(cv, z)
+            inside = np.maximum(inside, self.paint_arms(cv, z))
             inside[cv.img < -600] *= 3.0  # stronger texture in the lungs
             cv.img += inside * self.texture(z, size)
             if tab["on"]:
                 self.paint_table(cv, tab, pixel_mm)
             if noise > 0:
-                cv.img += np.float32(noise) * rng.standard_normal(cv.img.shape, np.float32)
+                cv.img += np.float32(noise) * ct_noise(rng, cv.img.shape)
             out[i] = cv.img
         return out
 
@@ -347,13 +423,25 @@ class _Patient:
             d = dist - R
             al = np.clip(np.minimum(d, t - d) + 0.5, 0, 1)
             al *= np.clip((rows - cy) - 0.3 * dist + 0.5, 0, 1)  # lower part only
+            al *= np.clip(_FIT * cv.size - np.sqrt(cols ** 2 + rows ** 2) + 0.5, 0, 1)
+            cv.img += al * (tab["hu"] - cv.img)
+            return
+        y0 = tab["y"] / pixel_mm  # top of the plate at the centre column
+        d = np.sqrt(cols ** 2 + (rows - (y0 - R)) ** 2) - R  # > 0 below the top surface
+        keep = (np.clip(0.9 * _FIT * cv.size - np.abs(cols) + 0.5, 0, 1)
+                * np.clip(_FIT * cv.size - np.sqrt(cols ** 2 + rows ** 2) + 0.5, 0, 1))
+        if tab["pad"]:  # mattress between table and patient, only where there is air
+            g = tab["gap"] / pixel_mm
+            al = np.clip(np.minimum(-d, g + d) + 0.5, 0, 1) * keep * (cv.img < -900)
+            cv.img += al * (tab["pad_hu"] - cv.img)
+        al = np.clip(np.minimum(d, t - d) + 0.5, 0, 1) * keep
+        if tab["kind"] == "sandwich":  # carbon-fibre shells around a foam core
+            cv.img += al * (tab["shell_hu"] - cv.img)
+            sh = max(1.5 / pixel_mm, 0.7)
+            al = np.clip(np.minimum(d - sh, t - sh - d) + 0.5, 0, 1) * keep
+            cv.img += al * (tab["foam_hu"] - cv.img)
         else:
-            y0 = tab["y"] / pixel_mm  # top of the plate at the centre column
-            d = np.sqrt(cols ** 2 + (rows - (y0 - R)) ** 2) - R  # > 0 below the top surface
-            al = np.clip(np.minimum(d, t - d) + 0.5, 0, 1)
-            al *= np.clip(0.9 * _FIT * cv.size - np.abs(cols) + 0.5, 0, 1)
-        al *= np.clip(_FIT * cv.size - np.sqrt(cols ** 2 + rows ** 2) + 0.5, 0, 1)
-        cv.img += al * (tab["hu"] - cv.img)
+            cv.img += al * (tab["hu"] - cv.img)
 
     def paint_body(self, cv, z):
         a, b = self.body_axes(z)
@@ -365,12 +453,36 @@ class _Patient:
         cv.img += (1.0 - inside) * (-1000.0 - cv.img)  # nothing pokes out of the skin
         return inside
 
+    def paint_arms(self, cv, z):
+        """Arms beside the trunk (skin and fat, muscle, humerus or radius and ulna); returns
+        their alpha (for the texture)."""
+        inside = np.zeros_like(cv.img)
+        arm = self.arm
+        for x, y, ra, rb in self.arm_ellipses(z):
+            res = cv.paint(arm["hu_fat"], x, y, ra, rb)
+            if res is None:
+                continue
+            inside[res[0]] = np.maximum(inside[res[0]], res[1])
+            f = min(arm["fat"], 0.5 * ra)
+            cv.paint(self.hu_muscle, x, y, ra - f, rb - f)
+            if self.region == "abdomen":  # forearm: radius and ulna
+                for dx in (-0.3, 0.3):
+                    cv.bone(x + dx * ra, y, 0.55 * arm["bone"], 0.5 * arm["bone"], 0, 1.2,
+                            self.hu_cort, self.hu_canc)
+            else:
+                cv.bone(x, y, arm["bone"], arm["bone"], 0, 2.5, self.hu_cort, self.hu_canc)
+        return inside
+
     # -- shared anatomy -------------------------------------------------------------------
     def _trunk(self, cv, z, a, b):
         """Fat layer, muscle wall, cavity; returns the cavity (cx, cy, ca, cb)."""
         d = self.drift
         f = self.fat * (1 + 0.15 * d[2](z))
         m = self.muscle * (1 + 0.15 * d[3](z))
+        st = self.strands  # fibrous septa in the subcutaneous fat
+        for t, u, L, ang, hu, w in zip(st["t"], st["u"], st["L"], st["ang"], st["hu"], st["w"]):
+            r = 1.0 - u * f / max(a, 1.0)
+            cv.paint(hu, a * r * np.cos(t), b * r * np.sin(t), 0.5 * L, w, t + np.pi / 2 + ang)
         cv.paint(self.hu_muscle, 0, 0, a - f, b - f, 0, self.harm)
         ca, cb = a - f - m, b - f - m - self.back / 2
         # deepest allowed spinous-process tip: muscle boundary behind the spine, minus 5 mm
@@ -522,18 +634,23 @@ class _Patient:
         pr = _ramp(z, 90, 170)
         if pr > 0:
             self._ribs(cv, z, cx, cy, ca, cb, -40, 85, pr)
+        me = self.mesentery  # mesenteric vessels in the visceral fat
+        for x, y, r, L, ang in zip(me["x"], me["y"], me["r"], me["L"], me["ang"]):
+            cv.paint(self.hu_blood, cx + x * ca * s, cy + y * cb * s, r + 0.5 * L * abs(
+                np.sin(0.02 * z + ang)), r, ang)
         self._bowel(cv, z, self.bowel, cx, cy - 0.1 * cb, ca * s, cb * s)
         # liver (patient right = image left), spleen, stomach
         pl = _ramp(z, 30, 150)
         if pl > 0:
             la, lb = 0.55 * ca * pl, 0.7 * cb * (0.4 + 0.6 * pl)
-            cv.paint(60.0 + 5 * d[8](z), cx - ca + la + 3, cy - 0.1 * cb, la, lb, -0.3,
-                     self.liver_harm)
+            cv.paint(self.hu_liver + 5 * d[8](z), cx - ca + la + 3, cy - 0.1 * cb, la, lb,
+                     -0.3, self.liver_harm)
             # portal vein / hepatic vessels
             cv.paint(self.hu_blood - 10, cx - ca + 1.2 * la, cy, 7 * pl, 6 * pl)
         ps = _bump(z, 100, 230) * self.spleen
         if ps > 0:
-            cv.paint(50.0, cx + 0.72 * ca, cy + 0.45 * cb, 0.2 * ca * ps, 0.3 * cb * ps, 0.6)
+            cv.paint(self.hu_spleen, cx + 0.72 * ca, cy + 0.45 * cb, 0.2 * ca * ps,
+                     0.3 * cb * ps, 0.6)
         pst = _bump(z, 110, 230)
         if pst > 0:
             x, y = cx + 0.35 * ca, cy - 0.35 * cb
@@ -550,8 +667,8 @@ class _Patient:
                 x, y = sgn * (vr + 45), vy - 5 + self.kid[2]
                 ka, kb, ang = 22 * pk * sz, 29 * pk * sz, sgn * 0.5
                 cv.paint(self.hu_fat + 20, x, y, ka + 6, kb + 6, ang)  # perirenal fat
-                cv.paint(55.0, x, y, ka, kb, ang)
-                cv.paint(30.0, x, y, ka - 6, kb - 6, ang)
+                cv.paint(self.hu_kcortex, x, y, ka, kb, ang)
+                cv.paint(self.hu_kmedulla, x, y, ka - 6, kb - 6, ang)
                 cv.paint(-50.0, x - sgn * 0.5 * ka, y - 0.2 * kb, 0.3 * ka, 0.35 * kb, ang)
         # psoas, aorta, IVC, spine
         pp = 0.4 + 0.6 * _ramp(z, 150, 0)
@@ -626,20 +743,25 @@ def _pick_region(rng, region):
 
 def generate_slice(seed: int, size: int = 256, pixel_size_mm: float = 1.5,
                    region: str | None = None, table: bool | None = None,
-                   noise_hu: float | None = None) -> np.ndarray:
+                   noise_hu: float | None = None, fit: bool | None = True) -> np.ndarray:
     """One anatomical CT slice in HU, float32 ``(size, size)``, deterministic per seed.
 
     ``region`` in REGIONS or None (random from the seed: thorax .3, abdomen .3, pelvis .2,
-    head .2). ``table`` None = random (70 % of trunk slices). ``noise_hu``: std of white noise
-    in HU (None = random 0..10). The field of view is ``size * pixel_size_mm`` mm; the body
-    (trunk 250-340 mm wide, head 140-190 mm) is shrunk if needed so that it stays inside the
-    inscribed circle with an air margin.
+    head .2). ``table`` None = random (70 % of trunk slices). ``noise_hu``: std of the
+    CT-like correlated noise in HU (None = random 2..20). Bodies range from child to large
+    adult (trunk about 140-460 mm wide, arms beside the body in some thorax and abdomen
+    slices). The field of view is ``size * pixel_size_mm`` mm; with ``fit=True`` the body is
+    shrunk if needed so that it stays inside the inscribed circle with an air margin;
+    ``fit=False`` lets a large trunk leave the field (truncated by the image edge);
+    ``fit=None`` draws that from the seed (10 % of trunk slices), as the training data do.
     """
     rng = np.random.default_rng(seed)
     region = _pick_region(rng, region)
     pat = _Patient(rng, region)
     z = rng.uniform(*_Z_RANGE[region])
-    return pat.render([z], size, pixel_size_mm, table, noise_hu, rng)[0]
+    if fit is None:
+        fit = bool(np.random.default_rng([seed, 4]).uniform() >= 0.1)
+    return pat.render([z], size, pixel_size_mm, table, noise_hu, rng, fit)[0]
 
 
 def generate_volume(seed: int, n_slices: int, size: int = 256, pixel_size_mm: float = 1.5,

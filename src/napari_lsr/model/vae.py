@@ -5,13 +5,26 @@ Images enter and leave the network *normalised*: the fixed linear map
 -> ``[0, 1]`` (never per-slice normalisation, which would destroy HU). ``to_hu`` / ``from_hu``
 implement it; ``decode_hu`` returns HU directly.
 
-Architecture (``channel_mults`` listed from full resolution down to the bottleneck, each
-entry one resolution level, each level halving the size):
+Architecture (``channel_mults`` listed from the stem's resolution down to the bottleneck,
+each entry one resolution level, each level halving the size):
 
-    encoder  x (B,1,S,S) -> conv -> [ResBlock, strided conv] x levels -> ResBlock -> attention
-             -> flatten -> linear -> (mu, logvar)   (B, latent_dim) each
-    decoder  z -> linear -> (C, S/2^L, S/2^L) -> ResBlock -> attention
-             -> [nearest upsample, conv, ResBlock] x levels -> conv -> sigmoid -> (B,1,S,S)
+    encoder  x (B,1,S,S) -> stem -> [ResBlock, strided conv] x levels -> ResBlock -> attention
+             -> flatten -> linear -> (mu, logvar)   (B, latent_dim) each   [global latent]
+             (+ at the level of size spatial_size: 1x1 conv -> (mu, logvar) of a spatial
+              latent (B, spatial_channels, spatial_size, spatial_size))   [spatial latent]
+    decoder  z -> linear -> (C, b, b) -> ResBlock -> attention
+             -> [nearest upsample, conv, ResBlock] x levels (the spatial latent is added,
+                through a 1x1 conv, at its level) -> head -> sigmoid -> (B,1,S,S)
+
+Stems: ``stem_factor`` 1 is a 3x3 convolution at full resolution (the head is GroupNorm,
+SiLU, 3x3 conv to one channel); ``stem_factor`` f > 1 is pixel unshuffle (space to depth,
+f x f pixels -> f^2 channels at S/f) and the head is pixel shuffle back to 4 channels at full
+resolution followed by a 3x3 convolution to one: no wide convolutions at full resolution,
+which is what makes it fast on a CPU.
+
+The latent ``z`` the LSR engine optimises is one flat vector of ``config.z_size`` numbers:
+the global part (``latent_dim``) followed by the flattened spatial part (if any); its prior
+is N(0, I) throughout.
 
 GroupNorm only (no BatchNorm), so a batch of one decodes exactly like a batch of many.
 """
@@ -30,10 +43,13 @@ class VAEConfig:
     """Everything needed to rebuild a :class:`VAE`.
 
     image_size: side in pixels (128, 256 or 512); pixel_size_mm: the pixel size the prior was
-    trained at (mm); hu_min/hu_max: HU mapped to 0 and 1; base_channels: width at full
-    resolution; channel_mults: width multipliers per level, full resolution first;
+    trained at (mm); hu_min/hu_max: HU mapped to 0 and 1; base_channels: width at the stem's
+    resolution; channel_mults: width multipliers per level, stem resolution first;
     bottleneck_channels: channels squeezed (1x1 conv) before the latent linear layers;
-    full_res_block: add a residual block at full resolution (better detail, ~2x slower).
+    full_res_block: add a residual block at the first level (always on for stem_factor > 1);
+    stem_factor: 1 (convolution stem) or 2/4 (pixel-unshuffle stem, see module docstring);
+    spatial_channels / spatial_size: a spatial latent of that many channels on a
+    spatial_size x spatial_size grid beside the global vector (0 channels: none).
     """
 
     image_size: int = 256
@@ -46,23 +62,50 @@ class VAEConfig:
     hu_min: float = -1024.0
     hu_max: float = 3071.0
     pixel_size_mm: float = 1.5
+    stem_factor: int = 1
+    spatial_channels: int = 0
+    spatial_size: int = 16
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
         n_down = len(self.channel_mults) - 1
-        if self.image_size % (2 ** n_down) or self.image_size // 2 ** n_down < 2:
-            raise ValueError(f"image_size {self.image_size} is not divisible into {n_down} "
-                             "halvings down to >= 2 pixels; change image_size or channel_mults")
+        if self.stem_factor not in (1, 2, 4, 8):
+            raise ValueError(f"stem_factor must be 1, 2, 4 or 8, got {self.stem_factor}")
+        inner = self.image_size // self.stem_factor
+        if (self.image_size % self.stem_factor or inner % (2 ** n_down)
+                or inner // 2 ** n_down < 2):
+            raise ValueError(f"image_size {self.image_size} with stem_factor {self.stem_factor} "
+                             f"is not divisible into {n_down} halvings down to >= 2 pixels; "
+                             "change image_size, stem_factor or channel_mults")
         if self.hu_max <= self.hu_min:
             raise ValueError("hu_max must be greater than hu_min")
+        if self.spatial_channels and self.spatial_size not in self.level_sizes:
+            raise ValueError(f"spatial_size {self.spatial_size} is not one of the network's "
+                             f"resolutions {self.level_sizes}")
+
+    @property
+    def level_sizes(self) -> list[int]:
+        """Feature-map side at each level, stem resolution first."""
+        inner = self.image_size // self.stem_factor
+        return [inner // 2 ** i for i in range(len(self.channel_mults))]
 
     @property
     def bottleneck_size(self) -> int:
-        return self.image_size // 2 ** (len(self.channel_mults) - 1)
+        return self.level_sizes[-1]
 
     @property
     def widths(self) -> list[int]:
         return [self.base_channels * m for m in self.channel_mults]
+
+    @property
+    def spatial_level(self) -> int | None:
+        """Index of the level that carries the spatial latent (None without one)."""
+        return self.level_sizes.index(self.spatial_size) if self.spatial_channels else None
+
+    @property
+    def z_size(self) -> int:
+        """Length of the flat latent vector z (global + spatial parts)."""
+        return self.latent_dim + self.spatial_channels * self.spatial_size ** 2
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -111,38 +154,82 @@ class VAE(nn.Module):
         w = cfg.widths
         b = cfg.bottleneck_size
         nb = cfg.bottleneck_channels
+        f = cfg.stem_factor
         flat = nb * b * b
-        block = lambda i: ResBlock(w[i]) if i or cfg.full_res_block else nn.SiLU()  # noqa: E731
+        level0 = cfg.full_res_block or f > 1
+        block = lambda i: ResBlock(w[i]) if i or level0 else nn.SiLU()  # noqa: E731
+        k = cfg.spatial_level
 
-        enc = [nn.Conv2d(1, w[0], 3, padding=1)]
+        # encoder; _enc_tap: index of the module whose output feeds the spatial latent
+        enc = [nn.PixelUnshuffle(f)] if f > 1 else []
+        enc += [nn.Conv2d(f * f, w[0], 3, padding=1)]
+        self._enc_tap = len(enc) - 1 if k == 0 else None
         for i in range(len(w) - 1):
             enc += [block(i), nn.Conv2d(w[i], w[i + 1], 3, stride=2, padding=1)]
+            if k == i + 1:
+                self._enc_tap = len(enc) - 1
         enc += [ResBlock(w[-1]), SelfAttention(w[-1], cfg.attn_heads), _norm(w[-1]), nn.SiLU(),
                 nn.Conv2d(w[-1], nb, 1)]
         self.encoder = nn.Sequential(*enc)
         self.to_latent = nn.Linear(flat, 2 * cfg.latent_dim)
 
+        # decoder; _dec_tap: index of the module after whose output the spatial latent is added
         self.from_latent = nn.Linear(cfg.latent_dim, flat)
         dec = [nn.Conv2d(nb, w[-1], 1), ResBlock(w[-1]), SelfAttention(w[-1], cfg.attn_heads)]
+        self._dec_tap = len(dec) - 1 if k == len(w) - 1 else None
         for i in range(len(w) - 1, 0, -1):
             dec += [nn.Upsample(scale_factor=2, mode="nearest"),
                     nn.Conv2d(w[i], w[i - 1], 3, padding=1), block(i - 1)]
-        dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], 1, 3, padding=1)]
+            if k == i - 1:
+                self._dec_tap = len(dec) - 1
+        if f > 1:
+            dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], 4 * f * f, 3, padding=1),
+                    nn.PixelShuffle(f), nn.Conv2d(4, 1, 3, padding=1)]
+        else:
+            dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], 1, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+        if k is not None:
+            cs = cfg.spatial_channels
+            self.to_spatial = nn.Sequential(_norm(w[k]), nn.SiLU(), nn.Conv2d(w[k], 2 * cs, 1))
+            self.from_spatial = nn.Conv2d(cs, w[k], 1)
+
+    # -- latent layout -----------------------------------------------------------------------
+    def split_z(self, z: torch.Tensor):
+        """Flat z (B, z_size) -> (global (B, latent_dim), spatial (B, C, s, s) or None)."""
+        c = self.config
+        if not c.spatial_channels:
+            return z, None
+        zs = z[:, c.latent_dim:].reshape(z.shape[0], c.spatial_channels, c.spatial_size,
+                                         c.spatial_size)
+        return z[:, :c.latent_dim], zs
 
     # -- network -----------------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, latent_dim)."""
-        h = self.encoder(x * 2.0 - 1.0).flatten(1)
-        mu, logvar = self.to_latent(h).chunk(2, dim=1)
+        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, z_size)."""
+        h = x * 2.0 - 1.0
+        tap = None
+        for i, m in enumerate(self.encoder):
+            h = m(h)
+            if i == self._enc_tap:
+                tap = h
+        mu, logvar = self.to_latent(h.flatten(1)).chunk(2, dim=1)
+        if tap is not None:
+            smu, slogvar = self.to_spatial(tap).chunk(2, dim=1)
+            mu = torch.cat([mu, smu.flatten(1)], 1)
+            logvar = torch.cat([logvar, slogvar.flatten(1)], 1)
         return mu, logvar.clamp(-30.0, 20.0)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (B, latent_dim) -> normalised image (B,1,S,S) in [0, 1]."""
+        """Latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1]."""
         c = self.config
         b = c.bottleneck_size
-        h = self.from_latent(z).view(z.shape[0], c.bottleneck_channels, b, b)
-        return torch.sigmoid(self.decoder(h))
+        zg, zs = self.split_z(z)
+        h = self.from_latent(zg).view(z.shape[0], c.bottleneck_channels, b, b)
+        for i, m in enumerate(self.decoder):
+            h = m(h)
+            if i == self._dec_tap:
+                h = h + self.from_spatial(zs)
+        return torch.sigmoid(h)
 
     def forward(self, x: torch.Tensor):
         """Returns (reconstruction in [0,1], mu, logvar); samples z in training mode only."""
@@ -162,13 +249,13 @@ class VAE(nn.Module):
         return (hu - c.hu_min) / (c.hu_max - c.hu_min)
 
     def decode_hu(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (B, latent_dim) -> image in HU, (B, S, S)."""
+        """Latent (B, z_size) -> image in HU, (B, S, S)."""
         return self.to_hu(self.decode(z))[:, 0]
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n random images in HU, (n, S, S), from z ~ N(0, I)."""
         p = next(self.parameters())
-        z = torch.randn(n, self.config.latent_dim, generator=generator).to(p.device, p.dtype)
+        z = torch.randn(n, self.config.z_size, generator=generator).to(p.device, p.dtype)
         return self.decode_hu(z)
 
     def n_parameters(self) -> dict:
