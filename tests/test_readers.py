@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -31,16 +33,15 @@ def test_npy_roundtrip_with_sidecar(tmp_path):
 def test_npy_shapes_and_bad_data(tmp_path):
     np.save(tmp_path / "a.npy", np.zeros((8, 9), np.int16))
     assert read_npy(tmp_path / "a.npy").hu.shape == (1, 8, 9)
-    rgb = np.zeros((2, 8, 9, 3), np.uint8)
-    rgb[..., 0] = 30
-    vol = read_npy(_save(tmp_path / "rgb.npy", rgb))
-    assert vol.hu.shape == (2, 8, 9) and np.allclose(vol.hu, 10.0)
-    assert read_npy(_save(tmp_path / "c2.npy", np.ones((2, 8, 9, 2)))).hu.shape == (2, 8, 9)
+    # a .npy says nothing about colour: every 4-D array is refused, naming file and shape
+    for name, arr in (("rgb.npy", np.zeros((2, 8, 9, 3), np.uint8)), ("c2.npy", np.ones((2, 8, 9, 2)))):
+        with pytest.raises(ValueError, match=rf"{name}: shape \(2, 8, 9, \d\) is not an image"):
+            read_npy(_save(tmp_path / name, arr))
     with pytest.raises(ValueError, match="shape"):
         read_npy(_save(tmp_path / "b.npy", np.zeros(5)))
     nan = np.zeros((4, 4))
     nan[1, 1] = np.nan
-    with pytest.raises(ValueError, match="NaN"):
+    with pytest.raises(ValueError, match=r"nan\.npy: 1 NaN/inf values.*nan=-1000.0\) \(air is -1000 HU\)"):
         read_npy(_save(tmp_path / "nan.npy", nan))
     with pytest.raises(FileNotFoundError):
         read_ct(tmp_path / "missing.npy")
@@ -169,3 +170,72 @@ def test_real_ct_slices():
     for _, hu in slices:
         assert hu.shape == (128, 128) and hu.dtype == np.float32
         assert hu.min() >= -1000.0 and hu.max() > 300  # air floor, bone present
+
+
+def test_tiff_colour_axis_only_when_the_file_says_rgb(tmp_path, caplog):
+    import tifffile
+
+    rgb = np.zeros((2, 8, 9, 3), np.uint8)
+    rgb[..., 0] = 30
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    vol = read_tiff(tmp_path / "rgb.tif")
+    assert vol.hu.shape == (2, 8, 9) and np.allclose(vol.hu, 10.0) and "RGB" in vol.meta["channels"]
+    rgba = np.zeros((8, 9, 4), np.uint8)
+    tifffile.imwrite(tmp_path / "rgba.tif", rgba, photometric="rgb", extrasamples=["unassalpha"])
+    assert read_tiff(tmp_path / "rgba.tif").hu.shape == (1, 8, 9)
+    # the same numbers in a greyscale TIFF: 4-D, refused with file, shape and axes
+    tifffile.imwrite(tmp_path / "grey4d.tif", rgb, photometric="minisblack")
+    with pytest.raises(ValueError, match=r"grey4d\.tif \(TIFF axes \w+\): shape \(2, 8, 9, 3\)"):
+        read_tiff(tmp_path / "grey4d.tif")
+    tifffile.imwrite(tmp_path / "zcyx.tif", np.zeros((2, 3, 8, 9), np.float32), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    with pytest.raises(ValueError, match=r"zcyx\.tif .*shape \(2, 3, 8, 9\)"):
+        read_ct(tmp_path / "zcyx.tif")
+    # tifffile stores a plain (3, H, W) float stack as planar "RGB": still three slices
+    stack = np.stack([np.full((8, 9), v, np.float32) for v in (-1000.0, 0.0, 1000.0)])
+    with pytest.warns(DeprecationWarning):
+        tifffile.imwrite(tmp_path / "three.tif", stack)
+    np.testing.assert_array_equal(read_tiff(tmp_path / "three.tif").hu, stack)
+
+
+def test_nan_advice_depends_on_what_the_file_holds(tmp_path, caplog):
+    sino = np.full((2, 6, 7), 1.5, np.float32)
+    sino[0, 1, 1] = np.nan
+    p = write_tiff(tmp_path / "sino.tif", np.nan_to_num(sino), 1.0,
+                   metadata={"units": "line integral"})
+    assert not [r for r in caplog.records if "normalised" in r.message]  # no HU range warning
+    np.save(tmp_path / "sino.npy", sino)
+    with pytest.raises(ValueError, match=r"sino\.npy: 1 NaN/inf.*mask.*nan=0\.0\) \(a ray through air"):
+        read_npy(tmp_path / "sino.npy", kind="sinogram")
+    (tmp_path / "sino.npy.json").write_text(json.dumps({"kind": "sinogram"}))
+    with pytest.raises(ValueError, match="a ray through air has line integral 0"):
+        read_npy(tmp_path / "sino.npy")  # the sidecar says sinogram
+    vol = read_npy(tmp_path / "sino.npy", allow_nonfinite=True)
+    assert np.isnan(vol.hu[0, 1, 1]) and vol.hu[0, 1, 2] == 1.5
+    assert read_tiff(p).meta["units"] == "line integral"
+    with pytest.raises(ValueError, match="-1000"):
+        read_npy(_save(tmp_path / "img.npy", np.where(np.isnan(sino), np.nan, -1000.0)), kind="image")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        read_npy(tmp_path / "img.npy", kind="volume")
+
+
+def test_written_files_follow_the_umask(tmp_path):
+    from napari_lsr.data.sinogram_io import write_json, write_npy
+
+    old = os.umask(0o027)
+    try:
+        t = write_tiff(tmp_path / "a.tif", _volume(), 1.0)
+        j = write_json(tmp_path / "a.json", {"x": 1})
+        n, side = write_npy(tmp_path / "a.npy", np.zeros(3), sidecar={"units": "HU"})
+    finally:
+        os.umask(old)
+    for p in (t, j, n, side):
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o640, p
+    t2 = write_tiff(tmp_path / "b.tif", _volume(), 1.0)
+    assert stat.S_IMODE(os.stat(t2).st_mode) == 0o666 & ~old
+
+
+def test_write_tiff_refuses_a_folder(tmp_path):
+    (tmp_path / "d.tif").mkdir()
+    with pytest.raises(IsADirectoryError, match="is a folder"):
+        write_tiff(tmp_path / "d.tif", _volume(), 1.0, overwrite=True)

@@ -55,39 +55,67 @@ def _spacing3(spacing, what) -> tuple[float, float, float]:
     return tuple(float(v) for v in s)
 
 
-def _as_volume(arr, what: str) -> tuple[np.ndarray, dict]:
-    """(H, W), (N, H, W) or (N, H, W, C) numeric array -> finite float32 (N, H, W).
+KINDS = ("image", "sinogram", "mask")
 
-    Channels: C in (3, 4) is treated as RGB(A) and the first three channels are averaged;
-    any other C keeps the first channel. The choice is recorded in the returned meta.
+
+def kind_from_units(units) -> str:
+    """'sinogram' for line integrals, 'mask' for a validity mask, else 'image' (HU)."""
+    u = str(units or "").strip().lower()
+    if u.startswith("line integral"):
+        return "sinogram"
+    if u.startswith("1 = valid"):
+        return "mask"
+    return "image"
+
+
+def _nonfinite_advice(kind: str) -> str:
+    if kind == "sinogram":
+        return ("mark those rays missing (0) in the validity mask (napari-lsr correct accepts "
+                "NaN/inf where the mask is 0), or replace them, e.g. np.nan_to_num(a, nan=0.0) "
+                "(a ray through air has line integral 0)")
+    if kind == "mask":
+        return "a validity mask holds only 1 (valid) and 0 (missing)"
+    return "replace them first, e.g. np.nan_to_num(a, nan=-1000.0) (air is -1000 HU)"
+
+
+def _as_volume(arr, what: str, kind: str = "image", rgb: bool = False,
+               allow_nonfinite: bool = False) -> tuple[np.ndarray, dict]:
+    """(H, W) or (N, H, W) numeric array -> float32 (N, H, W).
+
+    A trailing colour axis of 3 or 4 is accepted only when ``rgb`` is True (a TIFF whose
+    photometric interpretation says RGB(A)); its first three channels are averaged and the
+    choice is recorded in the returned meta. Any other 4-D array is refused. ``kind``
+    ("image" in HU, "sinogram" of line integrals or "mask") decides the advice for NaN/inf
+    and whether the HU range is checked; ``allow_nonfinite`` lets NaN/inf through (a
+    sinogram whose missing part the mask marks).
     """
     arr = np.asarray(arr)
     meta = {}
     if arr.dtype.kind not in "biuf":
-        raise ValueError(f"{what}: expected a real numeric array in HU, got dtype {arr.dtype}")
-    if arr.ndim == 4:
+        raise ValueError(f"{what}: expected a real numeric array, got dtype {arr.dtype}")
+    if rgb and arr.ndim in (3, 4) and arr.shape[-1] in (3, 4):
         c = arr.shape[-1]
-        if c in (3, 4):
-            arr = arr[..., :3].astype(np.float32).mean(-1)
-            meta["channels"] = f"averaged RGB channels of {c}"
-        else:
-            arr = arr[..., 0]
-            meta["channels"] = f"kept channel 0 of {c}"
-    elif arr.ndim == 2:
+        arr = arr[..., :3].astype(np.float32).mean(-1)
+        meta["channels"] = f"averaged the RGB channels of an RGB{'A' if c == 4 else ''} image"
+        log.warning("%s: RGB%s image; its colour channels were averaged", what, "A" if c == 4 else "")
+    if arr.ndim == 2:
         arr = arr[None]
     if arr.ndim != 3:
-        raise ValueError(f"{what}: expected an image (H, W), a volume (slices, H, W) or "
-                         f"(slices, H, W, channels); got shape {arr.shape}")
+        extra = (" A trailing colour axis (3 or 4) is accepted only from a TIFF that says it is "
+                 "RGB(A); save one volume (or one channel, e.g. a[..., 0]) per file."
+                 if arr.ndim == 4 else "")
+        raise ValueError(f"{what}: shape {arr.shape} is not an image (H, W) or a stack "
+                         f"(slices, H, W).{extra}")
     if min(arr.shape) == 0:
         raise ValueError(f"{what}: the array is empty (shape {arr.shape})")
     hu = np.ascontiguousarray(arr, dtype=np.float32)
     bad = ~np.isfinite(hu)
-    if bad.any():
-        raise ValueError(f"{what}: {int(bad.sum())} NaN/inf values; replace them first, "
-                         "e.g. np.nan_to_num(a, nan=-1000.0) for air")
-    if float(hu.max() - hu.min()) < 10.0:
+    if bad.any() and not allow_nonfinite:
+        raise ValueError(f"{what}: {int(bad.sum())} NaN/inf values; {_nonfinite_advice(kind)}")
+    fin = hu[~bad] if bad.any() else hu
+    if kind == "image" and fin.size and float(fin.max() - fin.min()) < 10.0:
         log.warning("%s: values span only [%g, %g]; expected HU (air -1000, water 0) - "
-                    "is the image normalised?", what, float(hu.min()), float(hu.max()))
+                    "is the image normalised?", what, float(fin.min()), float(fin.max()))
     return hu, meta
 
 
@@ -99,26 +127,45 @@ def _read_json(path: Path) -> dict:
 
 
 # -- NPY ------------------------------------------------------------------------------------
-def read_npy(path, spacing_mm=None) -> CTVolume:
-    """Read a ``.npy`` array in HU: (H, W), (N, H, W) or (N, H, W, C) (see ``_as_volume``).
+def _kind_of(info: dict, kind) -> str:
+    """The caller's ``kind``, else what a file's metadata says, else 'image'."""
+    if kind is not None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        return kind
+    if info.get("kind") == "sinogram_mask":
+        return "mask"
+    if info.get("kind") == "sinogram":
+        return "sinogram"
+    return kind_from_units(info.get("units"))
+
+
+def read_npy(path, spacing_mm=None, kind=None, allow_nonfinite: bool = False) -> CTVolume:
+    """Read a ``.npy`` array: (H, W) or (N, H, W) (see ``_as_volume``; 4-D is refused).
 
     Spacing: ``spacing_mm`` if given, else a sidecar ``<file>.json`` (``vol.npy.json`` or
     ``vol.json``) with ``{"spacing_mm": [z, y, x]}``, else 1.0 mm (``spacing_assumed``).
+    ``kind`` ("image" in HU, "sinogram", "mask"; default: from the sidecar, else "image")
+    chooses the checks and advice; ``allow_nonfinite`` accepts NaN/inf (a sinogram's
+    missing part).
     """
     path = _existing(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except Exception as e:  # noqa: BLE001 - numpy raises many kinds
         raise ValueError(f"{path}: not a readable NumPy .npy array ({e})") from e
-    hu, meta = _as_volume(arr, str(path))
+    meta, side_spacing = {}, None
+    for side in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
+        if side.is_file():
+            info = _read_json(side)
+            meta.update({k: v for k, v in info.items() if k != "spacing_mm"})
+            side_spacing = info.get("spacing_mm")
+            meta["sidecar"] = str(side)
+            break
+    hu, vmeta = _as_volume(arr, str(path), _kind_of(meta, kind), allow_nonfinite=allow_nonfinite)
+    meta.update(vmeta)
     if spacing_mm is None:
-        for side in (path.with_name(path.name + ".json"), path.with_suffix(".json")):
-            if side.is_file():
-                info = _read_json(side)
-                meta.update({k: v for k, v in info.items() if k != "spacing_mm"})
-                spacing_mm = info.get("spacing_mm")
-                meta["sidecar"] = str(side)
-                break
+        spacing_mm = side_spacing
     meta["spacing_assumed"] = spacing_mm is None
     spacing = _spacing3(1.0 if spacing_mm is None else spacing_mm, str(path))
     return CTVolume(hu, spacing, str(path), meta)
@@ -146,10 +193,13 @@ def _tiff_spacing(tf, info: dict):
     return [float(ij.get("spacing", 1.0)) * scale, *yx]
 
 
-def read_tiff(path) -> CTVolume:
-    """Read a TIFF stack in HU (tifffile). Spacing from our JSON (written by ``write_tiff``,
-    in the ImageJ ``Info`` property or the image description), else from ImageJ metadata
-    (``spacing`` + resolution, unit mm/cm/um), else 1.0 mm (``spacing_assumed``)."""
+def read_tiff(path, kind=None, allow_nonfinite: bool = False) -> CTVolume:
+    """Read a TIFF stack (tifffile): (H, W) or (slices, H, W); an RGB(A) TIFF (photometric
+    RGB, colour samples last) is averaged over its colour channels, any other 4-D data is
+    refused. Spacing from our JSON (written by ``write_tiff``, in the ImageJ ``Info``
+    property or the image description), else from ImageJ metadata (``spacing`` +
+    resolution, unit mm/cm/um), else 1.0 mm (``spacing_assumed``). ``kind`` and
+    ``allow_nonfinite`` as for :func:`read_npy` (default kind: from the stored units)."""
     import tifffile
 
     path = _existing(path)
@@ -157,11 +207,11 @@ def read_tiff(path) -> CTVolume:
         with tifffile.TiffFile(path) as tf:
             arr = tf.asarray()
             axes = tf.series[0].axes
-            if "C" in axes and arr.ndim == len(axes):  # ImageJ hyperstacks store ZCYX
-                arr = np.moveaxis(arr, axes.index("C"), -1)
+            page = tf.pages[0]
+            rgb = page.photometric == tifffile.PHOTOMETRIC.RGB and axes.endswith("S")
             info = {}
             ij = tf.imagej_metadata or {}
-            for text in (ij.get("Info"), tf.pages[0].description):
+            for text in (ij.get("Info"), page.description):
                 try:
                     cand = json.loads(text) if text else None
                 except ValueError:
@@ -172,13 +222,34 @@ def read_tiff(path) -> CTVolume:
             spacing = _tiff_spacing(tf, info)
     except (tifffile.TiffFileError, OSError, ValueError) as e:
         raise ValueError(f"{path}: not a readable TIFF file ({e})") from e
-    hu, meta = _as_volume(arr, str(path))
+    kind = _kind_of(info, kind)
+    what = str(path) if arr.ndim != 4 else f"{path} (TIFF axes {axes})"
+    hu, meta = _as_volume(arr, what, kind, rgb=rgb, allow_nonfinite=allow_nonfinite)
     meta.update({k: v for k, v in info.items() if k != "spacing_mm"})
     meta["spacing_assumed"] = spacing is None
-    if info.get("units", "HU") != "HU":
+    if kind == "image" and info.get("units", "HU") != "HU":
         log.warning("%s: stored units are %r, not HU", path, info["units"])
     return CTVolume(hu, _spacing3(1.0 if spacing is None else spacing, str(path)),
                     str(path), meta)
+
+
+def _umask() -> int:
+    """The process umask (read without changing it where /proc allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    old = os.umask(0o022)
+    os.umask(old)
+    return old
+
+
+def apply_umask(path) -> None:
+    """Give a file made by ``tempfile.mkstemp`` (mode 0600) the mode a plain ``open`` would
+    have given it: 0666 minus the user's umask."""
+    os.chmod(path, 0o666 & ~_umask())
 
 
 def write_tiff(path, hu, spacing_mm, metadata: dict | None = None,
@@ -187,18 +258,23 @@ def write_tiff(path, hu, spacing_mm, metadata: dict | None = None,
 
     ImageJ sees the calibration (resolution = 1/spacing per mm, unit 'mm', 'spacing' = z);
     our JSON ``{"spacing_mm": [z, y, x], "units": "HU", **metadata}`` goes into the ImageJ
-    ``Info`` property and is what ``read_tiff`` prefers. Written atomically (temp file in the
-    same folder, then ``os.replace``); an existing file is kept unless ``overwrite=True``.
+    ``Info`` property and is what ``read_tiff`` prefers (``metadata["units"]`` may say
+    "line integral" for a sinogram). Written atomically (temp file in the same folder, then
+    ``os.replace``) with the mode the user's umask gives; an existing file is kept unless
+    ``overwrite=True``.
     """
     import tifffile
 
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name such as {path / 'out.tif'}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; pass overwrite=True (CLI: --overwrite) "
                               "to replace it, or choose another name")
     if not path.parent.is_dir():
         raise FileNotFoundError(f"{path.parent}: folder does not exist")
-    vol, _ = _as_volume(hu, "write_tiff")
+    kind = kind_from_units((metadata or {}).get("units", "HU"))
+    vol, _ = _as_volume(hu, f"write_tiff {path.name}", kind)
     z, y, x = _spacing3(spacing_mm, "write_tiff")
     desc = {"spacing_mm": [z, y, x], "units": "HU", **(metadata or {})}
     try:
@@ -210,6 +286,7 @@ def write_tiff(path, hu, spacing_mm, metadata: dict | None = None,
     try:
         tifffile.imwrite(tmp, vol, imagej=True, resolution=(1.0 / x, 1.0 / y),
                          metadata={"spacing": z, "unit": "mm", "axes": "ZYX", "Info": info})
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

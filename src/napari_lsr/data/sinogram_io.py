@@ -13,7 +13,8 @@ sidecar convention (the view axis has no length; it is given as 1.0).
 
 Volumes in HU can be written as ``.npy`` with the same sidecar convention by
 :func:`write_npy`. Every write is atomic (temporary file in the same folder, then
-``os.replace``) and refuses to replace an existing file unless ``overwrite=True``.
+``os.replace``), gives the file the mode the user's umask allows (not mkstemp's 0600) and
+refuses to replace an existing file unless ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ..geometry import Geometry, geometry_from_dict
+from .readers import apply_umask
 
 __all__ = ["Sinogram", "write_npy", "write_json", "write_sinogram", "read_sinogram",
            "sidecar_path", "read_sidecar", "is_sinogram_file", "SINOGRAM_UNITS"]
@@ -78,6 +80,8 @@ def is_sinogram_file(path) -> bool:
 def _atomic(path: Path, write, overwrite: bool, suffix: str) -> Path:
     """Call ``write(tmp_path)`` then move it to ``path`` in one step."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give a file name")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} already exists; choose another name or allow overwriting")
     if not path.parent.is_dir():
@@ -86,6 +90,7 @@ def _atomic(path: Path, write, overwrite: bool, suffix: str) -> Path:
     os.close(fd)
     try:
         write(tmp)
+        apply_umask(tmp)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
