@@ -83,8 +83,8 @@ def test_warm_start_volume(tiny_prior):
     mask = lsr.masks.truncation_mask(GEOM, fom_mm=70.0)
     stack = np.where(mask == 1, full, 0.0)
     res = lsr.lsr_correct_volume(stack, mask, GEOM, model=tiny_prior, steps=60, warm_steps=6,
-                                 lbfgs_steps=2, batch_size=2)
-    assert res.slices_done == 4 and not res.stopped
+                                 lbfgs_steps=2, batch_size=2, early_stop=False)
+    assert res.slices_done == 4 and not res.stopped and len(res.fits) == 4
     assert len(res.loss_history[0]) == 62 and len(res.loss_history[2]) == 8
     assert np.array_equal(res.sinogram[:, mask == 1], stack[:, mask == 1])
     stop = lsr.lsr_correct_volume(stack, mask, GEOM, model=tiny_prior, steps=20, warm_steps=5,
@@ -152,3 +152,76 @@ def test_volume_rejects_unknown_options(tiny_prior, case):
     measured, mask, _, _ = case
     with pytest.raises(TypeError, match="fbp_fliter"):
         lsr.lsr_correct_volume(measured[None], mask, GEOM, model=tiny_prior, steps=1, fbp_fliter="ramp")
+
+
+def test_fit_report_good_fit_and_noise_level_stop(tiny_prior, case):
+    measured, mask, _, _ = case
+    rng = np.random.default_rng(0)
+    noisy = (measured + 0.2 * rng.standard_normal(measured.shape)).astype(np.float32)
+    res = lsr.lsr_correct(noisy, mask, GEOM, model=tiny_prior, steps=400, lbfgs_steps=0)
+    fit = res.fit
+    assert fit.stop_reason == "converged" and fit.steps < 400 and "noise level" in fit.stop_detail
+    assert fit.ok and fit.relative_residual < 0.05 and fit.misfit <= 1.3 * fit.noise_rms ** 2
+    d = fit.to_dict()
+    assert d["ok"] and d["stop_reason"] == "converged" and "relative_residual" in d
+
+
+def test_noise_estimate_on_a_realistic_sinogram():
+    from napari_lsr.data.phantoms import generate_slice
+    geom = lsr.ParallelBeam(image_size=128, pixel_size_mm=3.0, n_views=90, n_det=183,
+                            det_spacing_mm=3.0)
+    sino = lsr.Projector(geom).forward(lsr.hu_to_mu(generate_slice(1, 128, 3.0, noise_hu=0))).numpy()
+    mask = np.ones_like(sino)
+    assert lsr.noise_rms(sino, mask) < 0.003  # clean data: (almost) no noise found
+    noisy = sino + 0.02 * np.random.default_rng(1).standard_normal(sino.shape)
+    assert 0.016 < lsr.noise_rms(noisy, mask) < 0.026
+
+
+def test_fit_report_warns_when_the_prior_cannot_explain_the_data(tiny_prior, case):
+    _, mask, _, _ = case
+    hu = np.full(GEOM.image_shape, -1000.0, np.float32)
+    hu[4:28, 14:18] = 1500.0  # a bar of bone: nothing like the prior's images
+    sino = lsr.Projector(GEOM).forward(lsr.hu_to_mu(hu)).numpy()
+    res = lsr.lsr_correct(np.where(mask == 1, sino, 0).astype(np.float32), mask, GEOM,
+                          model=tiny_prior, steps=40, lbfgs_steps=0)
+    assert not res.fit.ok and "poor fit" in res.fit.warnings[0]
+    assert "WARNING" in res.fit.summary()
+
+
+def test_stop_reasons_and_aborted_run(tiny_prior, case):
+    measured, mask, _, _ = case
+    full = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=5, lbfgs_steps=0,
+                           early_stop=False)
+    assert full.fit.stop_reason == "max_steps" and full.fit.steps == 5
+    ab = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=50,
+                         callback=lambda step, loss, p: step == 2)
+    assert ab.stopped and ab.fit.stop_reason == "aborted"
+
+
+def test_plateau_stops_adam_early(tiny_prior, case):
+    measured, mask, _, _ = case
+    res = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=3000, lbfgs_steps=0,
+                          tol=0.05, patience=10)
+    assert res.fit.stop_reason == "converged" and res.fit.steps < 3000
+
+
+def test_model_given_as_a_path(tiny_prior, case, tmp_path):
+    from napari_lsr.model import save_checkpoint
+    measured, mask, _, _ = case
+    path = save_checkpoint(tiny_prior, tmp_path / "tiny.pt", {"data": "test"})
+    a = lsr.lsr_correct(measured, mask, GEOM, model=str(path), steps=3, lbfgs_steps=0)
+    b = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=3, lbfgs_steps=0)
+    np.testing.assert_allclose(a.image_hu, b.image_hu, atol=1e-3)
+    with pytest.raises(TypeError, match="checkpoint path"):
+        lsr.lsr_correct(measured, mask, GEOM, model=42, steps=1)
+
+
+def test_latent_prior_term_keeps_z_smaller(tiny_prior, case):
+    measured, mask, _, _ = case
+    free = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=60, lbfgs_steps=0,
+                           early_stop=False, seed=2)
+    held = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=60, lbfgs_steps=0,
+                           early_stop=False, seed=2, z_weight=1.0)
+    assert np.square(held.z).mean() < np.square(free.z).mean()
+    with pytest.raises(ValueError, match="z_weight"):
+        lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, z_weight=-1)

@@ -18,6 +18,9 @@ _LAZY_ATTRS = {
     "lsr_correct": ("napari_lsr.lsr", "lsr_correct"),
     "lsr_correct_volume": ("napari_lsr.lsr", "lsr_correct_volume"),
     "LSRResult": ("napari_lsr.lsr", "LSRResult"),
+    "VolumeResult": ("napari_lsr.lsr", "VolumeResult"),
+    "FitReport": ("napari_lsr.lsr", "FitReport"),
+    "noise_rms": ("napari_lsr.lsr", "noise_rms"),
 }
 _LAZY_MODULES = {"masks", "simulate", "baselines", "metrics", "model", "data", "lsr", "evaluate", "train"}
 

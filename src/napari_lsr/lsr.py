@@ -26,10 +26,129 @@ from .geometry import Geometry
 from .projector import Projector
 from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
 
-__all__ = ["LSRResult", "VolumeResult", "lsr_correct", "lsr_correct_volume", "smooth_join",
-           "check_inputs", "resolve_device"]
+__all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct_volume",
+           "smooth_join", "check_inputs", "resolve_device", "noise_rms"]
 
 AIR_HU = -1000.0
+POOR_FIT_RELATIVE_RESIDUAL = 0.05  # rms misfit / rms valid data above this (and above 3x the
+#                                    noise level) means the prior cannot explain the data
+PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
+PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
+
+
+@dataclass
+class FitReport:
+    """How well the prior's image explains the measured (valid) data, and why the run stopped.
+
+    misfit: final mean squared residual over the valid entries (line integrals squared);
+    data_rms, noise_rms: rms of the valid data and the estimated noise standard deviation of
+    the data (line integrals); relative_residual = sqrt(misfit) / data_rms; stop_reason:
+    "converged" (the misfit reached the noise level or stopped improving), "max_steps" or
+    "aborted"; warnings: plain-language reasons to distrust the result."""
+
+    steps: int
+    stop_reason: str
+    misfit: float
+    data_rms: float
+    noise_rms: float
+    relative_residual: float
+    warnings: List[str] = field(default_factory=list)
+    stop_detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.warnings
+
+    def to_dict(self) -> dict:
+        return {"steps": self.steps, "stop_reason": self.stop_reason,
+                "stop_detail": self.stop_detail,
+                "misfit_line_integral_sq": self.misfit, "data_rms_line_integral": self.data_rms,
+                "noise_rms_line_integral": self.noise_rms,
+                "relative_residual": self.relative_residual, "ok": self.ok,
+                "warnings": list(self.warnings)}
+
+    def summary(self) -> str:
+        return (f"{self.steps} steps ({self.stop_reason}), residual {100 * self.relative_residual:.1f} % "
+                f"of the data (noise {100 * self.noise_rms / max(self.data_rms, 1e-12):.1f} %)"
+                + ("" if self.ok else "; WARNING: " + " ".join(self.warnings)))
+
+
+def noise_rms(sino, mask) -> float:
+    """Robust estimate of the noise standard deviation of the valid data (line integrals):
+    median absolute second difference along the detector, over triples of valid bins
+    (for white noise of std s, the second difference has std s * sqrt(6))."""
+    q = np.asarray(sino, dtype=np.float64).reshape(-1, np.shape(sino)[-1])
+    v = np.broadcast_to(np.asarray(mask) == 1, np.shape(sino)).reshape(q.shape)
+    d2 = q[:, :-2] - 2 * q[:, 1:-1] + q[:, 2:]
+    ok = v[:, :-2] & v[:, 1:-1] & v[:, 2:] & np.isfinite(d2)
+    if not ok.any():
+        return 0.0
+    d = d2[ok]
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(6.0))
+
+
+def _object_extent_mm(sino, mask, geom: Geometry, threshold: float = 0.05) -> tuple[float, bool]:
+    """Largest extent of the object across the detector (mm at the isocentre) seen in the
+    valid data, and whether it reaches the edge of the valid data (a lower bound then)."""
+    q = np.asarray(sino, dtype=np.float64)
+    v = np.asarray(mask) == 1
+    if q.ndim == 3:
+        q, v = q.reshape(-1, q.shape[-1]), np.broadcast_to(v, np.shape(sino)).reshape(-1, q.shape[-1])
+    spacing = geom.det_spacing_mm if not hasattr(geom, "sid_mm") else geom.det_spacing_mm * geom.sid_mm / geom.sdd_mm
+    extent, cut = 0.0, False
+    for row, vrow in zip(q, v):
+        inside = vrow & (np.nan_to_num(row) > threshold)
+        if not inside.any():
+            continue
+        idx = np.nonzero(inside)[0]
+        w = (idx[-1] - idx[0] + 1) * spacing
+        if w > extent:
+            valid_idx = np.nonzero(vrow)[0]
+            extent, cut = w, idx[0] <= valid_idx[0] or idx[-1] >= valid_idx[-1]
+    return extent, cut
+
+
+def prior_warnings(model, geom: Geometry, sino=None, mask=None) -> List[str]:
+    """Reasons why the data may lie outside what the prior knows: pixel size far from the
+    prior's, an image grid larger than the prior's field, an object larger or much smaller
+    than the prior's field and training anatomy."""
+    c = model.config
+    out = []
+    field_mm = c.image_size * c.pixel_size_mm
+    ratio = geom.pixel_size_mm / c.pixel_size_mm
+    if ratio < 0.25 or ratio > 2.0:
+        out.append(f"the image pixels ({geom.pixel_size_mm:g} mm) are far from the prior's "
+                   f"({c.pixel_size_mm:g} mm): its detail does not match this grid")
+    if geom.fov_mm > field_mm * 1.01:
+        out.append(f"the image grid ({geom.fov_mm:.0f} mm) is larger than the prior's field "
+                   f"({field_mm:.0f} mm): outside it the prior can only put air")
+    if sino is not None:
+        extent, cut = _object_extent_mm(sino, mask, geom)
+        if extent > 0.95 * field_mm:
+            out.append(f"the object ({extent:.0f} mm{' or more' if cut else ''}) is as large as "
+                       f"the prior's field ({field_mm:.0f} mm)")
+        elif 0 < extent < 0.15 * field_mm and not cut:
+            out.append(f"the object ({extent:.0f} mm) is much smaller than anything the prior "
+                       f"was trained on")
+    return out
+
+
+def _fit_report(misfit, steps, stop_reason, stop_detail, q_np, m_np, extra_warnings) -> FitReport:
+    """Fit report of one slice from its final misfit and its measured data."""
+    valid = (np.asarray(m_np) == 1) & np.isfinite(q_np)
+    data_rms = float(np.sqrt(np.mean(np.square(np.asarray(q_np, np.float64)[valid])))) if valid.any() else 0.0
+    noise = noise_rms(np.where(valid, q_np, 0.0), valid)
+    misfit = float(misfit)
+    rel = math.sqrt(max(misfit, 0.0)) / max(data_rms, 1e-12) if np.isfinite(misfit) else float("nan")
+    warnings_ = list(extra_warnings)
+    if np.isfinite(misfit) and rel > POOR_FIT_RELATIVE_RESIDUAL and math.sqrt(misfit) > 3 * noise:
+        warnings_.insert(0, f"poor fit: the prior's projection misses the measured data by "
+                            f"{100 * rel:.0f} % rms (noise about {100 * noise / max(data_rms, 1e-12):.1f} %); "
+                            "the inpainted data are unreliable. Check the geometry and units, or "
+                            "use a prior trained on this kind of scan")
+    return FitReport(steps=steps, stop_reason=stop_reason, misfit=misfit, data_rms=data_rms,
+                     noise_rms=noise, relative_residual=rel, warnings=warnings_,
+                     stop_detail=stop_detail)
 
 
 @dataclass
@@ -43,6 +162,7 @@ class LSRResult:
     loss_history: List[float]   # masked mean squared sinogram misfit per step
     stopped: bool = False       # True when the callback stopped the run
     seconds: float = 0.0        # wall time of the optimisation
+    fit: Optional[FitReport] = None  # fit quality, steps, stop reason and warnings
 
 
 @dataclass
@@ -57,6 +177,7 @@ class VolumeResult:
     stopped: bool = False
     seconds_per_slice: List[float] = field(default_factory=list)
     slices_done: int = 0
+    fits: List[FitReport] = field(default_factory=list)  # one per finished slice
 
 
 # ----------------------------------------------------------------------------------------
@@ -205,32 +326,38 @@ def smooth_join(measured: np.ndarray, generated: np.ndarray, mask: np.ndarray,
 # ----------------------------------------------------------------------------------------
 # optimisation
 # ----------------------------------------------------------------------------------------
-def _load_default_model(model):
-    if model is not None:
-        return model
-    from .model import load_model
-    return load_model()
-
-
 class _Stop(Exception):
     pass
 
 
 def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tensor, z0: torch.Tensor,
               steps: int, lbfgs_steps: int, lr: float, tol: float, patience: int,
-              report: Optional[Callable[[int, float, torch.Tensor], bool]]):
-    """Adam then L-BFGS on z; q, m: (B, V, D); z0: (B, latent). Returns (z, history, stopped).
+              report: Optional[Callable[[int, float, torch.Tensor], bool]],
+              z_weight: float = 0.0, noise_var: Optional[torch.Tensor] = None,
+              early_stop: bool = True):
+    """Adam then L-BFGS on z; q, m: (B, V, D); z0: (B, z_size).
 
-    The loss is the masked mean squared misfit, summed over the batch (slices independent).
-    ``report(step, loss, mu_image)`` is called after every step; returning True stops."""
+    The loss is the masked mean squared misfit, summed over the batch (slices independent),
+    plus ``z_weight * mean(z^2)`` per slice (a Gaussian prior on z; 0 = none). Adam stops
+    early when every slice's misfit is at its noise level ``noise_var`` (B,) or when the best
+    loss improved by less than ``tol`` (relative) over ``patience`` steps. ``report(step,
+    loss, mu_image)`` is called after every step; returning True aborts.
+    Returns (z, history of the summed data misfit, per-slice final misfit (B,), stop_reason,
+    stop_detail) with stop_reason "converged", "max_steps" or "aborted"."""
     n_valid = m.sum(dim=(-2, -1)).clamp_min(1.0)
     z = z0.clone().requires_grad_(True)
     history: List[float] = []
+    state = {}
 
     def loss_fn():
         mu = prior.mu(z)
         r = (P.forward(mu) - q) * m
-        return (r.square().sum(dim=(-2, -1)) / n_valid).sum(), mu
+        data = r.square().sum(dim=(-2, -1)) / n_valid
+        state["per_slice"] = data.detach()
+        total = data.sum()
+        if z_weight:
+            total = total + z_weight * z.square().mean(dim=1).sum()
+        return total, float(data.detach().sum()), mu
 
     def after_step(loss_value, mu):
         history.append(loss_value)
@@ -238,39 +365,49 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
             raise _Stop
 
     def converged():
-        if len(history) <= patience:
-            return False
-        old = history[-patience - 1]
-        return (old - min(history[-patience:])) <= tol * abs(old)
+        if not early_stop:
+            return None
+        if noise_var is not None and bool((state["per_slice"] <= 1.2 * noise_var).all()):
+            return f"misfit at the noise level after {len(history)} steps"
+        if len(history) > patience:
+            old = history[-patience - 1]
+            if (old - min(history[-patience:])) <= tol * abs(old):
+                return (f"loss improved by less than {tol:g} (relative) over {patience} steps, "
+                        f"after {len(history)} steps")
+        return None
 
+    reason, detail = "max_steps", f"all {steps} Adam steps used"
     try:
         opt = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss, mu = loss_fn()
+            loss, data, mu = loss_fn()
             loss.backward()
             opt.step()
-            after_step(float(loss.detach()), mu)
-            if converged():
+            after_step(data, mu)
+            why = converged()
+            if why:
+                reason, detail = "converged", why
                 break
         if lbfgs_steps > 0:
             lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=1, history_size=20,
                                       line_search_fn="strong_wolfe")
-            state = {}
 
             def closure():
                 lbfgs.zero_grad(set_to_none=True)
-                loss, mu = loss_fn()
+                loss, data, mu = loss_fn()
                 loss.backward()
-                state["loss"], state["mu"] = float(loss.detach()), mu
+                state["data"], state["mu"] = data, mu
                 return loss
 
             for _ in range(lbfgs_steps):
                 lbfgs.step(closure)
-                after_step(state["loss"], state["mu"])
-        return z.detach(), history, False
+                after_step(state["data"], state["mu"])
+        return z.detach(), history, state["per_slice"].cpu().numpy(), reason, detail
     except _Stop:
-        return z.detach(), history, True
+        per = state.get("per_slice")
+        per = per.cpu().numpy() if per is not None else np.full(q.shape[0], np.nan)
+        return z.detach(), history, per, "aborted", f"stopped by the caller after {len(history)} steps"
 
 
 def _finish(prior, P, q_np, mask_np, z, join: bool, fbp_filter: str, mu_water: float, feather_bins: int):
@@ -291,7 +428,7 @@ def _finish(prior, P, q_np, mask_np, z, join: bool, fbp_filter: str, mu_water: f
 
 def _setup(geom, model, device, mu_water):
     dev = resolve_device(device)
-    model = _load_default_model(model).to(dev).eval()
+    model = _load_model_arg(model).to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     P = Projector(geom, device=dev)
@@ -310,43 +447,99 @@ def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
     return (0.1 * torch.randn(batch, latent, generator=gen)).to(dev)
 
 
+def _load_model_arg(model):
+    """None -> the bundled prior; a str/Path -> that checkpoint; a model -> itself."""
+    if model is None or isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
+        from .model import load_model
+        return load_model(model)
+    if not hasattr(model, "decode_hu"):
+        raise TypeError(f"model must be a prior from napari_lsr.load_model(), a checkpoint path "
+                        f"or None, got {type(model).__name__}")
+    return model
+
+
+def _run_slices(ctx, q_np, m_np, z0, n_steps, opts, report, warnings_):
+    """Optimise one batch of slices; returns (z, history, fits, completed, image_hu, gen_hu,
+    aborted)."""
+    dev, model, P, prior = ctx
+    q = torch.as_tensor(np.where(m_np == 1, q_np, 0.0), dtype=torch.float32, device=dev)
+    m = torch.as_tensor(m_np, dtype=torch.float32, device=dev)
+    noise_var = torch.tensor([noise_rms(qi, mi) ** 2 for qi, mi in zip(q_np, m_np)],
+                             dtype=torch.float32, device=dev)
+    z, history, per, reason, detail = _optimise(
+        prior, P, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
+        opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"])
+    fits = [_fit_report(per[i], len(history), reason, detail, q_np[i], m_np[i],
+                        warnings_ + _data_warnings(model, P.geometry, q_np[i], m_np[i]))
+            for i in range(q_np.shape[0])]
+    if reason == "aborted":
+        return z, history, fits, None, None, None, True
+    completed, image_hu, gen_hu = _finish(prior, P, q_np, m_np, z, opts["join"], opts["fbp_filter"],
+                                          opts["mu_water"], opts["feather_bins"])
+    return z, history, fits, completed, image_hu, gen_hu, False
+
+
+def _data_warnings(model, geom, sino, mask):
+    """The data-dependent part of :func:`prior_warnings` (object size)."""
+    return [w for w in prior_warnings(model, geom, sino, mask) if w.startswith("the object")]
+
+
+def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, feather_bins,
+             fbp_filter, mu_water) -> dict:
+    if steps < 0 or lbfgs_steps < 0 or steps + lbfgs_steps == 0:
+        raise ValueError("steps and lbfgs_steps must be >= 0 and not both 0")
+    if z_weight < 0 or not math.isfinite(z_weight):
+        raise ValueError(f"z_weight must be a finite number >= 0, got {z_weight}")
+    return dict(lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience, z_weight=z_weight,
+                early_stop=early_stop, join=join, feather_bins=feather_bins, fbp_filter=fbp_filter, mu_water=mu_water)
+
+
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
                 init=None, callback: Optional[Callable] = None, device=None, seed: int = 0,
-                lr: float = 0.05, tol: float = 1e-4, patience: int = 50, join: bool = True,
-                feather_bins: int = 16, fbp_filter: str = "shepp-logan",
-                mu_water: float = MU_WATER_PER_MM) -> LSRResult:
+                lr: float = 0.05, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
+                z_weight: float = 0.0, early_stop: bool = True, join: bool = True,
+                feather_bins: int = 16,
+                fbp_filter: str = "shepp-logan", mu_water: float = MU_WATER_PER_MM) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
     ``valid_mask``: same shape, 1 = measured and trustworthy, 0 = missing/corrupt.
-    ``model``: a prior from :func:`napari_lsr.load_model` (None: the bundled default).
-    ``steps`` Adam steps (stop early when the loss improved by less than ``tol`` relative
-    over ``patience`` steps), then ``lbfgs_steps`` L-BFGS steps. ``init``: a latent vector to
-    start from (e.g. a neighbouring slice's ``z``). ``callback(step, loss, preview_hu)`` runs
-    after every step and stops the run by returning True. ``join``: smooth the joins between
-    measured and inpainted data (see :func:`smooth_join`). ``device``: None/"cpu", "cuda" or
-    "auto". Seeded and reproducible."""
+    ``model``: a prior from :func:`napari_lsr.load_model`, a checkpoint path, or None (the
+    bundled default). ``steps``: at most this many Adam steps; Adam stops early when the
+    misfit reaches the noise level of the data or the loss improved by less than ``tol``
+    (relative) over ``patience`` steps; then ``lbfgs_steps`` L-BFGS steps. ``z_weight``:
+    weight of a Gaussian prior term ``z_weight * mean(z^2)`` that keeps z typical (0 = none).
+    ``early_stop=False`` always runs all ``steps``.
+    ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``).
+    ``callback(step, loss, preview_hu)`` runs after every step and aborts the run by
+    returning True. ``join``: smooth the joins between measured and inpainted data (see
+    :func:`smooth_join`). ``device``: None/"cpu", "cuda" or "auto". The result carries a
+    :class:`FitReport` (``res.fit``). Seeded and reproducible."""
     sino, mask = check_inputs(sino, valid_mask, geom)
     if sino.ndim != 2:
         raise ValueError(f"lsr_correct takes one sinogram (views, detector); got shape {sino.shape}. "
                          "Use lsr_correct_volume for a stack.")
-    if steps < 0 or lbfgs_steps < 0 or steps + lbfgs_steps == 0:
-        raise ValueError("steps and lbfgs_steps must be >= 0 and not both 0")
+    opts = _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join,
+                    feather_bins, fbp_filter, mu_water)
     t0 = time.perf_counter()
     dev, model, P, prior = _setup(geom, model, device, mu_water)
-    q = torch.as_tensor(np.where(mask == 1, sino, 0.0), dtype=torch.float32, device=dev)[None]
-    m = torch.as_tensor(mask, dtype=torch.float32, device=dev)[None]
     report = None
     if callback is not None:
         def report(step, loss, mu):
             return bool(callback(step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
-    z, history, stopped = _optimise(prior, P, q, m, _initial_z(model, init, 1, seed, dev), steps,
-                                    lbfgs_steps, lr, tol, patience, report)
-    completed, image_hu, gen_hu = _finish(prior, P, sino, mask, z, join, fbp_filter, mu_water, feather_bins)
-    return LSRResult(image_hu=image_hu, sinogram=completed, generated_hu=gen_hu, z=z[0].cpu().numpy(),
-                     loss_history=history, stopped=stopped, seconds=time.perf_counter() - t0)
+    z0 = _initial_z(model, init, 1, seed, dev)
+    z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
+        (dev, model, P, prior), sino[None], mask[None], z0, steps, opts, report,
+        prior_warnings(model, geom))
+    if aborted:
+        completed, image_hu, gen_hu = _finish(prior, P, sino[None], mask[None], z, join,
+                                              fbp_filter, mu_water, feather_bins)
+    return LSRResult(image_hu=image_hu[0], sinogram=completed[0], generated_hu=gen_hu[0],
+                     z=z[0].cpu().numpy(), loss_history=history, stopped=aborted,
+                     seconds=time.perf_counter() - t0, fit=fits[0])
 
 
-_VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "join", "feather_bins", "fbp_filter", "mu_water"}
+_VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "z_weight", "early_stop", "join",
+                   "feather_bins", "fbp_filter", "mu_water"}
 
 
 def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: int = 500,
@@ -355,12 +548,13 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                        **kwargs) -> VolumeResult:
     """Correct a sinogram stack (S, V, D) slice by slice with warm starts.
 
-    The first slice (or batch) starts cold with ``steps`` Adam steps; each later batch of
-    ``batch_size`` slices starts from the previous slice's z with ``warm_steps`` steps (the
-    paper: ~30 instead of ~500). ``valid_masks``: (S, V, D) or one (V, D) mask for all
-    slices. ``callback(slice_index, step, loss, preview_hu)`` stops the run by returning
-    True; slices finished so far are returned (``slices_done``). Other keyword arguments as
-    for :func:`lsr_correct`."""
+    The first slice (or batch) starts cold with at most ``steps`` Adam steps; each later
+    batch of ``batch_size`` slices starts from the previous slice's z with at most
+    ``warm_steps`` steps (the paper: ~30 instead of ~500). ``valid_masks``: (S, V, D) or one
+    (V, D) mask for all slices. ``callback(slice_index, step, loss, preview_hu)`` aborts the
+    run by returning True; slices finished so far are returned (``slices_done``). Other
+    keyword arguments as for :func:`lsr_correct`; ``fits`` holds one :class:`FitReport` per
+    finished slice."""
     sinos, masks = check_inputs(sinos, valid_masks, geom)
     if sinos.ndim != 3:
         raise ValueError(f"lsr_correct_volume takes a stack (slices, views, detector); got {sinos.shape}")
@@ -372,10 +566,12 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                         f"accepted: {sorted(_VOLUME_OPTIONS)}")
     masks = np.broadcast_to(masks, sinos.shape)
     mu_water = kwargs.get("mu_water", MU_WATER_PER_MM)
-    opt_kw = {k: kwargs[k] for k in ("lr", "tol", "patience") if k in kwargs}
-    fin_kw = dict(join=kwargs.get("join", True), fbp_filter=kwargs.get("fbp_filter", "shepp-logan"),
-                  mu_water=mu_water, feather_bins=kwargs.get("feather_bins", 16))
+    opts = _options(steps, lbfgs_steps, kwargs.get("lr", 0.05), kwargs.get("tol", PLATEAU_TOL),
+                    kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", 0.0),
+                    kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
+                    kwargs.get("fbp_filter", "shepp-logan"), mu_water)
     dev, model, P, prior = _setup(geom, model, device, mu_water)
+    grid_warnings = prior_warnings(model, geom)
     n = sinos.shape[0]
     out = VolumeResult(image_hu=np.zeros((n, *geom.image_shape), np.float32), sinogram=np.array(sinos, copy=True),
                        generated_hu=np.zeros((n, *geom.image_shape), np.float32),
@@ -385,25 +581,22 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         idx = slice(s0, min(n, s0 + batch_size))
         t0 = time.perf_counter()
         q_np, m_np = sinos[idx], np.array(masks[idx])
-        q = torch.as_tensor(np.where(m_np == 1, q_np, 0.0), dtype=torch.float32, device=dev)
-        m = torch.as_tensor(m_np, dtype=torch.float32, device=dev)
         report = None
         if callback is not None:
             def report(step, loss, mu, _s0=s0):
                 return bool(callback(_s0, step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
-        z0 = _initial_z(model, z_prev, q.shape[0], seed, dev)
+        z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev)
         n_steps = steps if z_prev is None else warm_steps
-        z, history, stopped = _optimise(prior, P, q, m, z0, n_steps, lbfgs_steps,
-                                        opt_kw.get("lr", 0.05), opt_kw.get("tol", 1e-4),
-                                        opt_kw.get("patience", 50), report)
-        if stopped:
+        z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
+            (dev, model, P, prior), q_np, m_np, z0, n_steps, opts, report, grid_warnings)
+        if aborted:
             out.stopped = True
             break
-        completed, image_hu, gen_hu = _finish(prior, P, q_np, m_np, z, **fin_kw)
         out.sinogram[idx], out.image_hu[idx], out.generated_hu[idx] = completed, image_hu, gen_hu
         out.z[idx] = z.cpu().numpy()
-        out.loss_history.extend([history] * q.shape[0])
-        out.seconds_per_slice.extend([(time.perf_counter() - t0) / q.shape[0]] * q.shape[0])
+        out.loss_history.extend([history] * q_np.shape[0])
+        out.fits.extend(fits)
+        out.seconds_per_slice.extend([(time.perf_counter() - t0) / q_np.shape[0]] * q_np.shape[0])
         out.slices_done = idx.stop
         z_prev = z[-1].cpu().numpy()
     return out

@@ -195,7 +195,7 @@ def augment(x: torch.Tensor, rng: np.random.Generator, fill: float, max_deg: flo
 
 
 def crop_display_field(x: torch.Tensor, rng: np.random.Generator, fill: float,
-                       min_frac: float = 0.3, max_frac: float = 0.7) -> torch.Tensor:
+                       min_frac: float = 0.2, max_frac: float = 0.7) -> torch.Tensor:
     """Cut each image of (B,1,S,S) to a random square or circle (side/diameter ``min_frac``-
     ``max_frac`` of S, off-centre), air outside: what a DICOM series reconstructed on a small
     display field looks like once placed in a larger field."""
