@@ -426,13 +426,102 @@ def _finish(prior, P, q_np, mask_np, z, join: bool, fbp_filter: str, mu_water: f
     return completed, image_hu, gen_hu.cpu().numpy().astype(np.float32).reshape(image_hu.shape)
 
 
-def _setup(geom, model, device, mu_water):
+# ----------------------------------------------------------------------------------------
+# the reduced problem: the measured data binned to the prior's sampling
+# ----------------------------------------------------------------------------------------
+REDUCED_VIEWS_PER_PIXEL = 0.7  # views per 180 deg kept for the fit, per pixel of the prior's
+#                                image side (180 for 256 pixels; the prior's images are smooth)
+
+
+@dataclass
+class Reduction:
+    """How the measured data are binned for the fit on the prior's grid: ``kv`` consecutive
+    views and ``kd`` neighbouring detector bins per reduced ray (trailing partial groups are
+    left out), ``pad`` missing bins added on each side so that the reduced detector covers
+    the prior's field; ``geom`` is the reduced geometry (prior's image grid)."""
+
+    geom: Geometry
+    kv: int
+    kd: int
+    n_view_groups: int
+    n_det_groups: int
+    pad: int
+
+    def reduce(self, sino: np.ndarray, mask: np.ndarray):
+        """(…, V, D) data and mask -> binned (…, V', D'): mean of the group, valid only if
+        every ray of the group is valid."""
+        valid = np.asarray(mask) == 1
+        q = np.where(valid, sino, 0.0).astype(np.float64)
+        lead = q.shape[:-2]
+        nv, nd = self.n_view_groups * self.kv, self.n_det_groups * self.kd
+        shape = (*lead, self.n_view_groups, self.kv, self.n_det_groups, self.kd)
+        qr = q[..., :nv, :nd].reshape(shape).mean(axis=(-3, -1))
+        vr = valid[..., :nv, :nd].reshape(shape).all(axis=(-3, -1))
+        pad = [(0, 0)] * len(lead) + [(0, 0), (self.pad, self.pad)]
+        return (np.pad(qr, pad).astype(np.float32), np.pad(vr, pad).astype(np.float32))
+
+
+def _detector_spacing_at_isocentre_mm(geom: Geometry) -> float:
+    if hasattr(geom, "sid_mm"):
+        return geom.det_spacing_mm * geom.sid_mm / geom.sdd_mm
+    return geom.det_spacing_mm
+
+
+def reduction_for(geom: Geometry, model) -> Optional[Reduction]:
+    """The reduced problem for fitting ``model`` to data of geometry ``geom``, or None when
+    the data are not finer than the prior's sampling and the grids agree (then the fit runs
+    on the data as they are)."""
+    c = model.config
+    kd = max(1, int(round(c.pixel_size_mm / _detector_spacing_at_isocentre_mm(geom))))
+    v180 = geom.n_views * 180.0 / (geom.arc_deg if geom.angles_deg is None else 180.0)
+    target = REDUCED_VIEWS_PER_PIXEL * c.image_size
+    kv = max(1, int(v180 // target)) if geom.angles_deg is None else 1
+    same_grid = c.image_size == geom.image_size and math.isclose(c.pixel_size_mm, geom.pixel_size_mm)
+    if kd == 1 and kv == 1 and same_grid:
+        return None
+    n_vg, n_g = geom.n_views // kv, geom.n_det // kd
+    ang = np.rad2deg(geom.angles_rad()[:n_vg * kv].reshape(n_vg, kv).mean(axis=1))
+    spacing = geom.det_spacing_mm * kd
+    if hasattr(geom, "fan_angles_rad"):
+        centres = geom.fan_angles_rad()[:n_g * kd].reshape(n_g, kd).mean(axis=1) * geom.sdd_mm
+    else:
+        centres = geom.ray_offsets_mm()[:n_g * kd].reshape(n_g, kd).mean(axis=1)
+    offset = float(centres.mean())
+    base = dict(image_size=c.image_size, pixel_size_mm=c.pixel_size_mm, det_spacing_mm=spacing,
+                det_offset_mm=offset, angles_deg=tuple(float(a) for a in ang))
+    extra = {k: getattr(geom, k) for k in ("sid_mm", "sdd_mm") if hasattr(geom, k)}
+    need = type(geom).min_n_det(c.image_size, c.pixel_size_mm, spacing, offset, **extra)
+    pad = max(0, math.ceil((need - n_g) / 2))
+    reduced = type(geom)(n_det=n_g + 2 * pad, **base, **extra)
+    return Reduction(reduced, kv, kd, n_vg, n_g, pad)
+
+
+@dataclass
+class _Context:
+    """Everything one LSR run needs: device, prior, the user's projector and prior-on-grid
+    (inpainting and FBP) and those of the fit (the reduced problem, or the same)."""
+
+    dev: torch.device
+    model: object
+    P: Projector
+    prior: _PriorOnGrid
+    reduction: Optional[Reduction]
+    P_fit: Projector
+    prior_fit: _PriorOnGrid
+
+
+def _setup(geom, model, device, mu_water, reduce: bool = True) -> _Context:
     dev = resolve_device(device)
     model = _load_model_arg(model).to(dev).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     P = Projector(geom, device=dev)
-    return dev, model, P, _PriorOnGrid(model, geom, dev, mu_water)
+    prior = _PriorOnGrid(model, geom, dev, mu_water)
+    red = reduction_for(geom, model) if reduce else None
+    if red is None:
+        return _Context(dev, model, P, prior, None, P, prior)
+    return _Context(dev, model, P, prior, red, Projector(red.geom, device=dev),
+                    _PriorOnGrid(model, red.geom, dev, mu_water))
 
 
 def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
@@ -458,24 +547,26 @@ def _load_model_arg(model):
     return model
 
 
-def _run_slices(ctx, q_np, m_np, z0, n_steps, opts, report, warnings_):
-    """Optimise one batch of slices; returns (z, history, fits, completed, image_hu, gen_hu,
-    aborted)."""
-    dev, model, P, prior = ctx
-    q = torch.as_tensor(np.where(m_np == 1, q_np, 0.0), dtype=torch.float32, device=dev)
-    m = torch.as_tensor(m_np, dtype=torch.float32, device=dev)
-    noise_var = torch.tensor([noise_rms(qi, mi) ** 2 for qi, mi in zip(q_np, m_np)],
+def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_):
+    """Optimise one batch of slices (on the reduced problem when there is one), then inpaint
+    and reconstruct at full resolution; returns (z, history, fits, completed, image_hu,
+    gen_hu, aborted)."""
+    fq, fm = (q_np, m_np) if ctx.reduction is None else ctx.reduction.reduce(q_np, m_np)
+    dev = ctx.dev
+    q = torch.as_tensor(np.where(fm == 1, fq, 0.0), dtype=torch.float32, device=dev)
+    m = torch.as_tensor(fm, dtype=torch.float32, device=dev)
+    noise_var = torch.tensor([noise_rms(qi, mi) ** 2 for qi, mi in zip(fq, fm)],
                              dtype=torch.float32, device=dev)
     z, history, per, reason, detail = _optimise(
-        prior, P, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
+        ctx.prior_fit, ctx.P_fit, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
         opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"])
-    fits = [_fit_report(per[i], len(history), reason, detail, q_np[i], m_np[i],
-                        warnings_ + _data_warnings(model, P.geometry, q_np[i], m_np[i]))
+    fits = [_fit_report(per[i], len(history), reason, detail, fq[i], fm[i],
+                        warnings_ + _data_warnings(ctx.model, ctx.P.geometry, q_np[i], m_np[i]))
             for i in range(q_np.shape[0])]
     if reason == "aborted":
         return z, history, fits, None, None, None, True
-    completed, image_hu, gen_hu = _finish(prior, P, q_np, m_np, z, opts["join"], opts["fbp_filter"],
-                                          opts["mu_water"], opts["feather_bins"])
+    completed, image_hu, gen_hu = _finish(ctx.prior, ctx.P, q_np, m_np, z, opts["join"],
+                                          opts["fbp_filter"], opts["mu_water"], opts["feather_bins"])
     return z, history, fits, completed, image_hu, gen_hu, False
 
 
@@ -497,8 +588,8 @@ def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, 
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
                 init=None, callback: Optional[Callable] = None, device=None, seed: int = 0,
                 lr: float = 0.05, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
-                z_weight: float = 0.0, early_stop: bool = True, join: bool = True,
-                feather_bins: int = 16,
+                z_weight: float = 0.0, early_stop: bool = True, reduce: bool = True,
+                join: bool = True, feather_bins: int = 16,
                 fbp_filter: str = "shepp-logan", mu_water: float = MU_WATER_PER_MM) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
@@ -508,7 +599,9 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     misfit reaches the noise level of the data or the loss improved by less than ``tol``
     (relative) over ``patience`` steps; then ``lbfgs_steps`` L-BFGS steps. ``z_weight``:
     weight of a Gaussian prior term ``z_weight * mean(z^2)`` that keeps z typical (0 = none).
-    ``early_stop=False`` always runs all ``steps``.
+    ``early_stop=False`` always runs all ``steps``. ``reduce``: fit the prior to the data
+    binned to the prior's sampling (see :func:`reduction_for`; much faster for fine detectors
+    and many views), then inpaint and reconstruct at full resolution.
     ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``).
     ``callback(step, loss, preview_hu)`` runs after every step and aborts the run by
     returning True. ``join``: smooth the joins between measured and inpainted data (see
@@ -521,24 +614,23 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     opts = _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join,
                     feather_bins, fbp_filter, mu_water)
     t0 = time.perf_counter()
-    dev, model, P, prior = _setup(geom, model, device, mu_water)
+    ctx = _setup(geom, model, device, mu_water, reduce)
     report = None
     if callback is not None:
         def report(step, loss, mu):
             return bool(callback(step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
-    z0 = _initial_z(model, init, 1, seed, dev)
+    z0 = _initial_z(ctx.model, init, 1, seed, ctx.dev)
     z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
-        (dev, model, P, prior), sino[None], mask[None], z0, steps, opts, report,
-        prior_warnings(model, geom))
+        ctx, sino[None], mask[None], z0, steps, opts, report, prior_warnings(ctx.model, geom))
     if aborted:
-        completed, image_hu, gen_hu = _finish(prior, P, sino[None], mask[None], z, join,
+        completed, image_hu, gen_hu = _finish(ctx.prior, ctx.P, sino[None], mask[None], z, join,
                                               fbp_filter, mu_water, feather_bins)
     return LSRResult(image_hu=image_hu[0], sinogram=completed[0], generated_hu=gen_hu[0],
                      z=z[0].cpu().numpy(), loss_history=history, stopped=aborted,
                      seconds=time.perf_counter() - t0, fit=fits[0])
 
 
-_VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "z_weight", "early_stop", "join",
+_VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "z_weight", "early_stop", "reduce", "join",
                    "feather_bins", "fbp_filter", "mu_water"}
 
 
@@ -570,7 +662,8 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                     kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", 0.0),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
                     kwargs.get("fbp_filter", "shepp-logan"), mu_water)
-    dev, model, P, prior = _setup(geom, model, device, mu_water)
+    ctx = _setup(geom, model, device, mu_water, kwargs.get("reduce", True))
+    model, dev = ctx.model, ctx.dev
     grid_warnings = prior_warnings(model, geom)
     n = sinos.shape[0]
     out = VolumeResult(image_hu=np.zeros((n, *geom.image_shape), np.float32), sinogram=np.array(sinos, copy=True),
@@ -588,7 +681,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev)
         n_steps = steps if z_prev is None else warm_steps
         z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
-            (dev, model, P, prior), q_np, m_np, z0, n_steps, opts, report, grid_warnings)
+            ctx, q_np, m_np, z0, n_steps, opts, report, grid_warnings)
         if aborted:
             out.stopped = True
             break
