@@ -4,14 +4,84 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from .geometry import geometry_from_dict, geometry_from_json
+
+class CLIError(ValueError):
+    """A user error: printed as ``error: <message>`` with exit status 2, no traceback."""
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("napari-lsr")
+    except Exception:  # noqa: BLE001 - not installed (e.g. run from a source tree)
+        from . import __version__
+
+        return __version__
+
+
+def _error_text(err: BaseException) -> str:
+    """A one-line message for a user error (OSError as 'file: reason')."""
+    if isinstance(err, OSError) and err.strerror and err.filename is not None:
+        return f"{err.filename}: {err.strerror}"  # not "[Errno 13] Permission denied: 'x'"
+    return str(err) or type(err).__name__
+
+
+# units of every number in report.json: by key, or by the key's suffix
+REPORT_UNITS = {
+    "images": "HU", "sinograms": "line integrals of mu (dimensionless; mu in 1/mm, lengths in mm)",
+    "masks": "1 = valid, 0 = missing/corrupt",
+    "*_hu": "HU", "*_mm": "mm", "*_deg": "degrees", "*_s": "seconds", "*_mb": "megabytes (1e6 bytes)",
+    "*_line_integral": "line integral of mu (dimensionless)",
+    "*_line_integral_sq": "squared line integral (dimensionless)",
+    "final_loss": "mean squared line-integral misfit over the valid rays (dimensionless)",
+    "relative_residual": "fraction: rms misfit / rms of the valid data",
+    "steps": "optimiser steps (count)", "warm_steps": "optimiser steps (count)",
+    "lbfgs_steps": "optimiser steps (count)", "steps_run": "optimiser steps (count)",
+    "slices": "count", "batch_size": "slices (count)", "views": "count", "n_views": "count",
+    "n_det": "detector bins (count)", "image_size": "pixels", "seed": "random seed (integer)",
+    "nonfinite_values_in_missing_part": "count", "n_generated": "count",
+}
+
+
+def _jsonable(obj):
+    """``obj`` with NumPy values, paths and other objects made JSON-serialisable."""
+    def default(o):
+        if isinstance(o, np.generic):
+            return o.item()
+        if isinstance(o, np.ndarray):
+            return o.tolist()
+        return str(o)
+    return json.loads(json.dumps(obj, default=default))
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: ...)`` to every option that takes a value, is not required and
+    does not state its default already."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if ("%(default)" in text or "default" in text.lower() or action.required
+                or action.default is argparse.SUPPRESS or action.nargs == 0
+                or not action.option_strings):
+            return text
+        return text + " (default: %(default)s)"
+
+
+class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
 
 
 def _unused_dir(path: Path) -> Path:
@@ -61,6 +131,7 @@ def run_demo(args) -> int:
     from .baselines import reconstruct_hu
     from .data.phantoms import body_mask, generate_slice
     from .data.readers import write_tiff
+    from .data.sinogram_io import write_json
     from .evaluate import EVAL_SEED0, METAL_MATERIALS, body_width_mm, default_geometry
     from .lsr import lsr_correct
     from .model import load_model
@@ -79,9 +150,11 @@ def run_demo(args) -> int:
     full = P.forward(torch.as_tensor(hu_to_mu(gt), dtype=torch.float32)).numpy()
     body = body_mask(gt)
 
-    report = {"geometry": geom.to_dict(), "steps": args.steps, "lbfgs_steps": args.lbfgs_steps, "tasks": {}}
+    report = {"command": "demo", "napari_lsr_version": _version(), "units": dict(REPORT_UNITS),
+              "geometry": geom.to_dict(), "steps": args.steps, "lbfgs_steps": args.lbfgs_steps, "tasks": {}}
     spacing = (1.0, geom.pixel_size_mm, geom.pixel_size_mm)
     fom_mm = 0.6 * body_width_mm(gt, geom.pixel_size_mm)
+    report["truncation_fom_mm"] = fom_mm
     tmask = masks.truncation_mask(geom, fom_mm)
     mc = simulate.simulate_metal(gt, geom, n_objects=2, seed=0, materials=METAL_MATERIALS)
     tasks = {
@@ -102,27 +175,51 @@ def run_demo(args) -> int:
         _save_png(out / f"{name}.png", [("ground truth", gt), ("uncorrected FBP", uncorrected),
                                         ("LSR corrected", res.image_hu), ("prior image G(z*)", res.generated_hu)],
                   f"{name}")
-        report["tasks"][name] = {"uncorrected": errors(uncorrected), "lsr": errors(res.image_hu),
-                                 "lsr_seconds": res.seconds, "steps_run": len(res.loss_history),
-                                 "final_loss": res.loss_history[-1]}
-        print(f"  {name}: uncorrected {report['tasks'][name]['uncorrected']}\n  {name}: LSR         "
-              f"{report['tasks'][name]['lsr']}")
-    report["seconds_total"] = time.perf_counter() - t_start
-    (out / "report.json").write_text(json.dumps(report, indent=2, default=float))
-    print(f"wrote PNGs, TIFFs and report.json to {out} in {report['seconds_total']:.0f} s")
+        fit = getattr(res, "fit", None)
+        mae = {"uncorrected": {f"mae_{k}_hu": v for k, v in errors(uncorrected).items()},
+               "lsr": {f"mae_{k}_hu": v for k, v in errors(res.image_hu).items()}}
+        report["tasks"][name] = {**mae, "lsr_s": res.seconds, "steps_run": len(res.loss_history),
+                                 "final_loss": res.loss_history[-1],
+                                 "fit": fit.to_dict() if fit is not None else None}
+        for label in ("uncorrected", "lsr"):
+            print(f"  {name}: {label:<11s} MAE " + ", ".join(
+                f"{k[4:-3]} {v:.1f} HU" for k, v in mae[label].items()))
+        print_fit_reports([fit], names=[name])
+    report["seconds_total_s"] = time.perf_counter() - t_start
+    write_json(out / "report.json", _jsonable(report))
+    print(f"wrote PNGs, TIFFs and report.json to {out} in {report['seconds_total_s']:.0f} s")
     return 0
 
 
 # ----------------------------------------------------------------------------------------
 # correct
 # ----------------------------------------------------------------------------------------
-def _read_array(path) -> tuple:
-    """(array, metadata dict) from a TIFF or NPY file written by this tool or another."""
+FBP_FILTER = "shepp-logan"  # the filter of LSR's final FBP, also used for the uncorrected reference
+_TIFF = (".tif", ".tiff")
+_GEOMETRY_REQUIRED = {
+    "ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),
+    "FanBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm", "sid_mm", "sdd_mm"),
+}
+
+
+def _flagged(flag: str, path, err: Exception) -> str:
+    """An error message that starts with the argument and the file it is about."""
+    text = _error_text(err)
+    return f"{flag} {text}" if text.startswith(str(path)) else f"{flag} {path}: {text}"
+
+
+def _read_input(flag: str, path, kind: str, allow_nonfinite: bool = False):
+    """CTVolume of a TIFF/NPY input; errors name the argument and the file."""
     from .data.readers import read_npy, read_tiff
 
-    p = Path(path)
-    vol = read_npy(p) if p.suffix.lower() == ".npy" else read_tiff(p)
-    return vol.hu, vol.meta
+    p = Path(path).expanduser()
+    try:
+        if p.is_dir():
+            raise ValueError(f"{p} is a folder; give a .tif/.tiff or .npy file")
+        reader = read_npy if p.suffix.lower() == ".npy" else read_tiff
+        return reader(p, kind=kind, allow_nonfinite=allow_nonfinite)
+    except (ValueError, OSError) as e:
+        raise CLIError(_flagged(flag, p, e)) from None
 
 
 def _square_volume(hu: np.ndarray):
@@ -135,131 +232,483 @@ def _square_volume(hu: np.ndarray):
     return out, (slice(top, top + h), slice(left, left + w))
 
 
-def run_correct(args) -> int:
-    from . import masks, simulate
-    from .data.readers import read_ct, write_tiff
+def _probe_writable(folder: Path) -> str | None:
+    """None if a file can be created in ``folder``, else the reason."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".napari-lsr-probe-", dir=folder)
+    except OSError as e:
+        return e.strerror or str(e)
+    os.close(fd)
+    os.unlink(tmp)
+    return None
+
+
+def check_outputs(outputs: dict, overwrite: bool, inputs: dict | None = None,
+                  hint: str = "choose another --out or pass --overwrite to replace") -> list:
+    """Check every output before any work: ``outputs`` maps a label (the argument, e.g.
+    "--out") to a path. Refuses (:class:`CLIError`) a folder given as a file, two outputs on
+    one path, an output that is an input, existing files without ``overwrite`` (``hint``
+    says what to do) and folders that cannot be written or created. Nothing is created here:
+    returns the missing folders, for :func:`make_folders` just before writing."""
+    seen = {}
+    ins = {Path(p).expanduser().resolve(): label for label, p in (inputs or {}).items() if p}
+    for label, p in outputs.items():
+        if p.is_dir():
+            raise CLIError(f"{label} {p}: is a folder; give a file name (e.g. inside it)")
+        r = p.resolve()
+        if r in seen:
+            raise CLIError(f"{label} {p} and {seen[r][0]} {seen[r][1]} are the same file; "
+                           "give them different names")
+        if r in ins:
+            raise CLIError(f"{label} {p} is the input {ins[r]}; write the result to another file")
+        seen[r] = (label, p)
+    existing = [f"{p} ({label})" for label, p in outputs.items() if p.exists()]
+    if existing and not overwrite:
+        raise CLIError(f"will not replace existing file{'s' if len(existing) > 1 else ''} "
+                       f"{', '.join(existing)}; {hint}")
+    missing = []
+    for label, p in outputs.items():
+        parent = p.parent
+        if not parent.exists():
+            ancestor = next(a for a in parent.parents if a.exists())
+            if not ancestor.is_dir():
+                raise CLIError(f"{label} {p}: {ancestor} is not a folder")
+            why = _probe_writable(ancestor)
+            if why:
+                raise CLIError(f"{label} {p}: the folder {parent} is missing and cannot be created "
+                               f"in {ancestor} ({why})")
+            if parent not in missing:
+                missing.append(parent)
+            continue
+        if not parent.is_dir():
+            raise CLIError(f"{label} {p}: {parent} is not a folder")
+        why = _probe_writable(parent)
+        if why:
+            raise CLIError(f"{label} {p}: cannot write in the folder {parent} ({why}); "
+                           "choose a writable place for the output")
+    return missing
+
+
+def make_folders(folders) -> None:
+    """Create the missing output folders found by :func:`check_outputs`, saying so."""
+    for f in folders:
+        if not f.is_dir():
+            f.mkdir(parents=True, exist_ok=True)
+            print(f"created folder {f}")
+
+
+def _correct_outputs(args) -> dict:
+    """Labelled output paths of ``correct``, checked before any computation."""
+    out = Path(args.out).expanduser()
+    for flag, p in (("--out", out), ("--sinogram-out", args.sinogram_out)):
+        if p is None:
+            continue
+        if Path(p).expanduser().is_dir():
+            raise CLIError(f"{flag} {p}: is a folder; give a file name such as {Path(p) / 'corrected.tif'}")
+        if Path(p).suffix.lower() not in _TIFF:
+            raise CLIError(f"{flag} {p}: written as a TIFF stack; give a name ending in .tif or .tiff")
+    outputs = {"--out": out,
+               "--out's uncorrected reference": out.with_name(f"{out.stem}.uncorrected{out.suffix}"),
+               "--out's report": out.with_name(out.name + ".report.json")}
+    if args.sinogram_out:
+        outputs["--sinogram-out"] = Path(args.sinogram_out).expanduser()
+    missing = check_outputs(outputs, args.overwrite, {
+        "--volume": args.volume, "--sinogram": args.sinogram, "--mask": args.mask,
+        "--geometry": args.geometry, "--model": args.model})
+    return outputs, missing
+
+
+def _load_geometry(args, meta: dict):
+    """The scan geometry from --geometry or the sinogram file's metadata; every required field
+    must be present (nothing is silently defaulted)."""
+    from .geometry import geometry_from_dict
+
+    if args.geometry:
+        path = Path(args.geometry).expanduser()
+        where = f"--geometry {path}"
+        try:
+            d = json.loads(path.read_text())
+        except OSError as e:
+            raise CLIError(_flagged("--geometry", path, e)) from None
+        except ValueError as e:
+            raise CLIError(f"{where}: not valid JSON ({e})") from None
+    elif "geometry" in meta:
+        where, d = f"--sinogram {args.sinogram} (the geometry in its metadata)", meta["geometry"]
+    else:
+        raise CLIError(f"--sinogram {args.sinogram}: the file carries no scan geometry; pass "
+                       "--geometry geometry.json (e.g. from napari_lsr.ParallelBeam(...).to_json())")
+    if not isinstance(d, dict):
+        raise CLIError(f"{where}: a geometry is a JSON object, got {type(d).__name__}")
+    need = list(_GEOMETRY_REQUIRED.get(d.get("type"), ()))
+    if "angles_deg" not in d:
+        need += ["n_views", "arc_deg"]
+    missing = [k for k in need if d.get(k) is None]
+    if missing:
+        raise CLIError(f"{where}: missing required field(s) {', '.join(missing)} (lengths in mm, "
+                       "angles in degrees); nothing is assumed for them")
+    try:
+        return geometry_from_dict(d), where
+    except (ValueError, TypeError) as e:
+        raise CLIError(f"{where}: {e}") from None
+
+
+def _limited_angle(geom, missing_deg: float, start_deg):
+    """Mask with the views in the wedge [start, start + missing) (degrees, mod 360) missing."""
+    from .masks import limited_angle_mask
+
+    arc = geom.arc_deg if geom.angles_deg is None else 360.0
+    if not (np.isfinite(missing_deg) and 0.0 < missing_deg < arc):
+        raise CLIError(f"--missing-deg {missing_deg:g}: must lie between 0 and the scan arc "
+                       f"({arc:g} degrees)")
+    start = float(geom.start_deg if start_deg is None else start_deg)
+    if not np.isfinite(start):
+        raise CLIError(f"--start-deg {start_deg}: must be a finite angle in degrees")
+    return limited_angle_mask(geom, keep_deg=(start + missing_deg, start + 360.0 - 1e-6))
+
+
+def _option_masks(geom, args) -> list:
+    """Sinogram masks asked for by --fom-mm (truncation) and --missing-deg (limited angle)."""
+    from .masks import truncation_mask
+
+    out = []
+    if args.fom_mm is not None:
+        if not (np.isfinite(args.fom_mm) and args.fom_mm > 0):
+            raise CLIError(f"--fom-mm {args.fom_mm:g}: must be a positive diameter in mm")
+        out.append(truncation_mask(geom, args.fom_mm))
+    if args.missing_deg is not None:
+        out.append(_limited_angle(geom, args.missing_deg, args.start_deg))
+    return out
+
+
+def _simulate_volume(args, report):
+    """(sinograms, masks, geometry, spacing, crop) simulated from a CT volume."""
+    from . import simulate
     from .geometry import FanBeam, ParallelBeam
-    from .lsr import lsr_correct_volume
-    from .model import load_model
+    from .masks import combine_masks
     from .projector import Projector
     from .units import hu_to_mu
 
-    out = Path(args.out)
-    report_path = out.with_name(out.name + ".report.json")
-    for p in (out, report_path):
-        if p.exists() and not args.overwrite:
-            raise SystemExit(f"error: {p} exists; choose another --out or pass --overwrite")
-    model = load_model(args.model)
-    report = {"input": {}, "settings": {k: v for k, v in vars(args).items() if k != "func"}}
-    crop = None
-    if args.volume:
-        vol = read_ct(args.volume)
-        if not np.isclose(vol.spacing_mm[1], vol.spacing_mm[2]):
-            raise SystemExit(f"error: pixels are not square ({vol.spacing_mm[1:]} mm); resample first")
-        hu, crop = _square_volume(vol.hu)
-        n, px = hu.shape[-1], float(vol.spacing_mm[2])
-        n_det = int(np.ceil(n * np.sqrt(2.0))) | 1
-        if args.fan:
-            sid = max(595.0, 0.8 * n * px)
-            gam = np.arcsin(n * px / np.sqrt(2.0) / sid)
-            sdd = 1.8 * sid
-            geom = FanBeam(image_size=n, pixel_size_mm=px, n_views=args.views, det_spacing_mm=px * sdd / sid,
-                           n_det=int(np.ceil(2 * gam * sid / px)) + 3, sid_mm=sid, sdd_mm=sdd)
-        else:
-            geom = ParallelBeam(image_size=n, pixel_size_mm=px, n_views=args.views, n_det=n_det,
-                                det_spacing_mm=px)
-        P = Projector(geom)
-        print(f"simulating {args.simulate} on {hu.shape[0]} slices of {args.volume}")
-        if args.simulate == "truncation":
-            mask = masks.truncation_mask(geom, args.fom_mm)
-            sinos = P.forward(torch.as_tensor(hu_to_mu(hu), dtype=torch.float32)).numpy() * mask
-        else:
-            cases = [simulate.simulate_metal(s, geom, seed=args.seed) for s in hu]
-            sinos = np.stack([c.sinogram for c in cases]).astype(np.float32)
-            mask = np.stack([c.mask for c in cases])
-        spacing = vol.spacing_mm
-        report["input"] = {"volume": str(args.volume), "simulate": args.simulate, "spacing_mm": list(spacing)}
+    kind = args.simulate or "truncation"
+    if kind == "truncation" and args.fom_mm is None:
+        raise CLIError("--simulate truncation needs --fom-mm (field of measurement diameter in mm)")
+    if kind == "limited-angle" and args.missing_deg is None:
+        raise CLIError("--simulate limited-angle needs --missing-deg (the missing angular range "
+                       "in degrees)")
+    if args.views < 1:
+        raise CLIError(f"--views {args.views}: must be at least 1")
+    vol = _read_input_ct("--volume", args.volume)
+    if not np.isclose(vol.spacing_mm[1], vol.spacing_mm[2]):
+        raise CLIError(f"--volume {args.volume}: pixels are not square ({vol.spacing_mm[1:]} mm); "
+                       "resample first")
+    hu, crop = _square_volume(vol.hu)
+    n, px = hu.shape[-1], float(vol.spacing_mm[2])
+    if args.fan:
+        sid = max(595.0, 0.8 * n * px)
+        gam = np.arcsin(n * px / np.sqrt(2.0) / sid)
+        sdd = 1.8 * sid
+        geom = FanBeam(image_size=n, pixel_size_mm=px, n_views=args.views, det_spacing_mm=px * sdd / sid,
+                       n_det=int(np.ceil(2 * gam * sid / px)) + 3, sid_mm=sid, sdd_mm=sdd)
     else:
-        sinos, meta = _read_array(args.sinogram)
-        if args.geometry:
-            geom = geometry_from_json(Path(args.geometry).read_text())
-        elif "geometry" in meta:
-            geom = geometry_from_dict(meta["geometry"])
+        geom = ParallelBeam(image_size=n, pixel_size_mm=px, n_views=args.views,
+                            n_det=int(np.ceil(n * np.sqrt(2.0))) | 1, det_spacing_mm=px)
+    extra = _option_masks(geom, args)  # option errors before the projector is built
+    _print_memory_estimate(geom, report, args.device)
+    print(f"simulating {kind} on {hu.shape[0]} slices of {args.volume}")
+    if kind == "metal":
+        cases = [simulate.simulate_metal(s, geom, seed=args.seed, reconstruct=False) for s in hu]
+        sinos = np.stack([c.sinogram for c in cases]).astype(np.float32)
+        mask = np.stack([c.mask for c in cases])
+        if extra:
+            keep = combine_masks(*extra)
+            sinos, mask = sinos * keep, mask * keep
+    else:
+        mask = combine_masks(*extra)
+        sinos = Projector(geom).forward(torch.as_tensor(hu_to_mu(hu), dtype=torch.float32)).numpy() * mask
+    report["input"] = {"volume": str(args.volume), "simulate": kind, "spacing_mm": list(vol.spacing_mm),
+                       "fom_mm": args.fom_mm, "missing_deg": args.missing_deg,
+                       "start_deg": None if args.missing_deg is None else
+                       float(geom.start_deg if args.start_deg is None else args.start_deg)}
+    return sinos, mask, geom, tuple(vol.spacing_mm), crop
+
+
+def _read_input_ct(flag, path):
+    from .data.readers import read_ct
+
+    try:
+        return read_ct(path)
+    except (ValueError, OSError, ImportError) as e:
+        raise CLIError(_flagged(flag, Path(path).expanduser(), e)) from None
+
+
+def _measured_input(args, report):
+    """(sinograms, masks, geometry, spacing) of a measured sinogram stack and its mask."""
+    from .masks import combine_masks
+
+    if args.simulate:
+        raise CLIError(f"--simulate {args.simulate} needs --volume (a CT volume to simulate from); "
+                       "a --sinogram is corrected as it is")
+    sflag = f"--sinogram {args.sinogram}"
+    vol = _read_input("--sinogram", args.sinogram, "sinogram", allow_nonfinite=True)
+    sinos = vol.hu
+    geom, gwhere = _load_geometry(args, vol.meta)
+    if sinos.shape[-2:] != geom.sino_shape:
+        hint = ""
+        if sinos.shape[-2:] == geom.sino_shape[::-1]:
+            hint = "; the axes look swapped: a sinogram is (slices, views, detector)"
+        elif vol.meta.get("units") == "HU":
+            hint = "; the file holds an image in HU: pass it as --volume to simulate data from it"
+        raise CLIError(f"{sflag}: shape {sinos.shape} does not match {gwhere}, which expects "
+                       f"(slices, {geom.n_views}, {geom.n_det}) (views, detector bins){hint}")
+    parts = _option_masks(geom, args)
+    mask_label = None
+    mask_file = args.mask
+    if mask_file is None and vol.meta.get("mask_file") and not parts:
+        mask_file = str(Path(args.sinogram).expanduser().with_name(vol.meta["mask_file"]))
+        print(f"using the mask {mask_file} named in the sinogram's sidecar")
+    if mask_file:
+        mask_label = f"--mask {mask_file}" if args.mask else f"mask {mask_file} (from the sidecar)"
+        m = _read_input("--mask", mask_file, "mask").hu
+        if m.shape[1:] != sinos.shape[1:] or m.shape[0] not in (1, sinos.shape[0]):
+            raise CLIError(f"{mask_label}: shape {m.shape} does not match {sflag} {sinos.shape}")
+        if m.shape[0] == 1 and sinos.shape[0] > 1:
+            m = m[0]  # one mask for every slice
+        if not np.isin(m, (0.0, 1.0)).all():
+            raise CLIError(f"{mask_label}: values must be 1 (valid) or 0 (missing); found values in "
+                           f"[{m.min():g}, {m.max():g}] (e.g. save (m > 0).astype('float32'))")
+        parts.insert(0, m)
+    if not parts:
+        raise CLIError("no validity mask: pass --mask FILE (1 = valid, 0 = missing), --fom-mm for "
+                       "a truncation mask or --missing-deg for a limited-angle mask")
+    mask = combine_masks(*parts)
+    valid = np.broadcast_to(mask, sinos.shape) == 1
+    bad = valid & ~np.isfinite(sinos)
+    if bad.any():
+        where = mask_label or "the mask"
+        raise CLIError(f"{sflag}: {int(bad.sum())} NaN/inf values where {where} says the data "
+                       "are valid (1); mark them 0 in the mask (NaN is accepted in the missing "
+                       "part) or repair the data")
+    if not valid.any():
+        raise CLIError(f"{mask_label or 'the mask'}: no valid (1) entries; there is no measured data to fit")
+    report["input"] = {"sinogram": str(args.sinogram), "mask": mask_file, "geometry_from": gwhere,
+                       "fom_mm": args.fom_mm, "missing_deg": args.missing_deg,
+                       "nonfinite_values_in_missing_part": int((~np.isfinite(sinos)).sum())}
+    spacing = (float(vol.spacing_mm[0]), geom.pixel_size_mm, geom.pixel_size_mm)
+    _print_memory_estimate(geom, report, args.device)
+    return sinos, mask, geom, spacing, None
+
+
+def _print_memory_estimate(geom, report: dict, device=None) -> None:
+    """Print (and report) the projector's memory estimate, made before anything is built;
+    a projector that cannot fit is refused here, before any data are simulated or fitted."""
+    from . import projector
+    from .lsr import resolve_device
+
+    estimate = getattr(projector, "estimate_projector_memory", None)
+    dev = resolve_device(device)  # a missing GPU is an error now, not after the set-up
+    if estimate is None:
+        return
+    try:
+        est = estimate(geom, device=dev)
+    except Exception as e:  # noqa: BLE001 - an estimate must never stop a run by itself
+        print(f"projector memory estimate unavailable ({e})")
+        return
+    print(f"projector memory estimate: {est.summary() if hasattr(est, 'summary') else est}", flush=True)
+    peak = getattr(est, "peak_bytes", None)
+    if peak is not None:
+        report["projector_memory_estimate_mb"] = peak / 1e6
+        report["projector_method"] = getattr(est, "method", None)
+    if getattr(est, "fits", True) is False:
+        raise CLIError(f"the projector for {geom.n_views} views x {geom.n_det} bins on a "
+                       f"{geom.image_size}^2 grid needs about {peak / 1e9:.2f} GB, more than the "
+                       "memory available; use fewer --views, a coarser grid or --device cuda")
+
+
+def _slice_ranges(idx) -> str:
+    """[0, 1, 2, 5] -> '0-2, 5'."""
+    idx, parts = sorted(idx), []
+    i = 0
+    while i < len(idx):
+        j = i
+        while j + 1 < len(idx) and idx[j + 1] == idx[j] + 1:
+            j += 1
+        parts.append(str(idx[i]) if i == j else f"{idx[i]}-{idx[j]}")
+        i = j + 1
+    return ", ".join(parts)
+
+
+def _fit_line(fit) -> str:
+    rel = getattr(fit, "relative_residual", float("nan"))
+    data_rms = getattr(fit, "data_rms", 0.0) or 0.0
+    noise = getattr(fit, "noise_rms", float("nan"))
+    noise_txt = f", noise {100 * noise / data_rms:.1f} %" if data_rms else ""
+    return (f"{getattr(fit, 'steps', '?')} steps ({getattr(fit, 'stop_reason', '?')}), residual "
+            f"{100 * rel:.1f} % of the data{noise_txt}, misfit {getattr(fit, 'misfit', float('nan')):.3g}")
+
+
+def print_fit_reports(fits, names=None, many: int = 12) -> None:
+    """One line per slice (a compact summary for more than ``many``) on stdout, then every
+    distinct warning once, with the slices it concerns, on stderr prefixed 'warning:'.
+    ``names`` labels the fits (default: "slice <i>")."""
+    fits = [f for f in fits if f is not None]
+    if not fits:
+        return
+    if names is None and len(fits) > many:
+        reasons = {}
+        for f in fits:
+            r = getattr(f, "stop_reason", "?")
+            reasons[r] = reasons.get(r, 0) + 1
+        rel = np.array([getattr(f, "relative_residual", np.nan) for f in fits], float)
+        worst = int(np.nanargmax(rel)) if np.isfinite(rel).any() else 0
+        print(f"  fit: {len(fits)} slices, " + ", ".join(f"{n} {r}" for r, n in sorted(reasons.items()))
+              + f"; residual median {100 * np.nanmedian(rel):.1f} %, worst {100 * rel[worst]:.1f} % "
+              f"(slice {worst}); per-slice numbers in the report")
+    else:
+        for i, f in enumerate(fits):
+            print(f"  fit {names[i] if names else f'slice {i}'}: {_fit_line(f)}")
+    by_kind = {}  # the same warning with other numbers is one kind
+    for i, f in enumerate(fits):
+        for w in getattr(f, "warnings", None) or []:
+            by_kind.setdefault(re.sub(r"\d+(\.\d+)?", "#", w), []).append((i, w))
+    for items in by_kind.values():
+        idx = [i for i, _ in items]
+        if names:
+            where = ", ".join(names[i] for i in idx)
         else:
-            raise SystemExit("error: no geometry: pass --geometry geometry.json (the sinogram file "
-                             "carries none)")
-        if args.mask:
-            mask, _ = _read_array(args.mask)
-            mask = mask[0] if mask.shape[0] == 1 and sinos.shape[0] > 1 else mask
-        elif args.fom_mm:
-            mask = masks.truncation_mask(geom, args.fom_mm)
-        else:
-            raise SystemExit("error: pass --mask FILE (1 = valid) or --fom-mm for a truncation mask")
-        spacing = (float(meta.get("spacing_mm", [1.0])[0]) if isinstance(meta.get("spacing_mm"), list) else 1.0,
-                   geom.pixel_size_mm, geom.pixel_size_mm)
-        report["input"] = {"sinogram": str(args.sinogram), "mask": str(args.mask), "geometry": geom.to_dict()}
+            where = ("slice " if len(idx) == 1 else "slices ") + _slice_ranges(idx)
+        text = items[0][1]
+        if len({w for _, w in items}) > 1:
+            text += f" (numbers for {names[idx[0]] if names else f'slice {idx[0]}'}; each slice's in the report)"
+        print(f"warning: {where}: {text}", file=sys.stderr, flush=True)
+
+
+def _fit_dicts(fits) -> list:
+    return [f.to_dict() if hasattr(f, "to_dict") else dict(vars(f)) for f in fits]
+
+
+def run_correct(args) -> int:
+    from .baselines import reconstruct_hu
+    from .data.readers import write_tiff
+    from .data.sinogram_io import write_json
+    from .lsr import lsr_correct_volume
+    from .model import load_model
+
+    t_start = time.perf_counter()
+    outputs, missing_folders = _correct_outputs(args)  # every output is checked before any work
+    try:
+        model = load_model(args.model)
+    except (ValueError, OSError) as e:
+        raise CLIError(_flagged("--model", args.model, e) if args.model else f"bundled prior: {e}") from None
+    report = {"command": "correct", "napari_lsr_version": _version(), "units": dict(REPORT_UNITS),
+              "input": {}, "settings": {k: v for k, v in vars(args).items() if k != "func"}}
+    if args.volume:
+        sinos, mask, geom, spacing, crop = _simulate_volume(args, report)
+    else:
+        sinos, mask, geom, spacing, crop = _measured_input(args, report)
     total = args.steps + args.lbfgs_steps
     res = lsr_correct_volume(sinos, mask, geom, model=model, steps=args.steps, warm_steps=args.warm_steps,
                              lbfgs_steps=args.lbfgs_steps, batch_size=args.batch_size, device=args.device,
-                             seed=args.seed, join=not args.no_join,
+                             seed=args.seed, join=not args.no_join, fbp_filter=FBP_FILTER,
                              callback=_progress_printer("LSR", total))
-    image = res.image_hu if crop is None else res.image_hu[:, crop[0], crop[1]]
-    write_tiff(out, image, spacing, metadata={"geometry": geom.to_dict(), "units": "HU",
-                                              "method": "LSR"}, overwrite=args.overwrite)
+    uncorrected = reconstruct_hu(np.where(np.isfinite(sinos), sinos, 0.0).astype(np.float32), geom,
+                                 filter=FBP_FILTER)
+    image = res.image_hu
+    if crop is not None:
+        image, uncorrected = image[:, crop[0], crop[1]], uncorrected[:, crop[0], crop[1]]
+    meta = {"geometry": geom.to_dict(), "units": "HU", "fbp_filter": FBP_FILTER}
+    make_folders(missing_folders)
+    write_tiff(outputs["--out"], image, spacing, metadata={**meta, "method": "LSR"}, overwrite=args.overwrite)
+    unc_path = outputs["--out's uncorrected reference"]
+    write_tiff(unc_path, uncorrected, spacing, overwrite=args.overwrite,
+               metadata={**meta, "method": "uncorrected FBP (missing data as measured, NaN as 0)"})
     if args.sinogram_out:
-        write_tiff(args.sinogram_out, res.sinogram, (spacing[0], 1.0, 1.0),
+        write_tiff(outputs["--sinogram-out"], res.sinogram, (spacing[0], 1.0, geom.det_spacing_mm),
                    metadata={"geometry": geom.to_dict(), "units": "line integral"}, overwrite=args.overwrite)
-    report.update(geometry=geom.to_dict(), slices=int(res.slices_done), seconds_per_slice=res.seconds_per_slice,
-                  final_loss=[h[-1] for h in res.loss_history], steps_run=[len(h) for h in res.loss_history])
-    report_path.write_text(json.dumps(report, indent=2, default=str))
-    print(f"wrote {out} and {report_path}")
+    fits = list(getattr(res, "fits", None) or [])
+    report.update(geometry=geom.to_dict(), slices=int(res.slices_done), fbp_filter=FBP_FILTER,
+                  outputs={"corrected": str(outputs["--out"]), "uncorrected": str(unc_path),
+                           "sinogram": str(outputs["--sinogram-out"]) if args.sinogram_out else None},
+                  seconds_per_slice_s=res.seconds_per_slice,
+                  final_loss=[h[-1] for h in res.loss_history], steps_run=[len(h) for h in res.loss_history],
+                  fits=_fit_dicts(fits), fit_ok=all(getattr(f, "ok", True) for f in fits),
+                  seconds_total_s=time.perf_counter() - t_start)
+    report_path = outputs["--out's report"]
+    write_json(report_path, _jsonable(report), overwrite=args.overwrite)
+    print_fit_reports(fits)
+    print(f"wrote {outputs['--out']} (LSR), {unc_path} (uncorrected, for comparison)"
+          + (f", {outputs['--sinogram-out']}" if args.sinogram_out else "") + f" and {report_path}")
     return 0
 
 
 # ----------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------
+_TRAIN_HELP_FALLBACK = {"--no-progress": "no progress bar or per-step printout"}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_evaluate_arguments, run_evaluate
     from .train import add_train_arguments, run_train
 
-    parser = argparse.ArgumentParser(prog="napari-lsr", description="Latent Space Reconstruction for CT "
-                                     "missing-data artifacts (truncation, metal, limited angle).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = _Parser(prog="napari-lsr", description="Latent Space Reconstruction for CT "
+                     "missing-data artifacts (truncation, metal, limited angle).")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}",
+                        help="print the version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     demo = sub.add_parser("demo", help="bundled sample through truncation and metal correction")
-    demo.add_argument("--out", default="out/demo", help="output folder (a free sibling is used if not empty)")
-    demo.add_argument("--model", default=None, help="prior checkpoint (default: bundled)")
+    demo.add_argument("--out", default="out/demo", help="output folder; when it is not empty a free "
+                      "sibling (out/demo-1, ...) is used, nothing is overwritten (default: %(default)s)")
+    demo.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
     demo.add_argument("--steps", type=int, default=150, help="Adam steps per task")
-    demo.add_argument("--lbfgs-steps", type=int, default=10)
-    demo.add_argument("--device", default=None, help="cpu (default), cuda or auto")
+    demo.add_argument("--lbfgs-steps", type=int, default=10, help="L-BFGS steps after Adam")
+    demo.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     demo.set_defaults(func=run_demo)
 
     cor = sub.add_parser("correct", help="correct a sinogram stack (or simulate from a CT volume) with LSR")
     src = cor.add_mutually_exclusive_group(required=True)
     src.add_argument("--volume", help="CT volume (TIFF, NPY, DICOM file/folder) to simulate data from")
-    src.add_argument("--sinogram", help="sinogram stack (TIFF/NPY), (slices, views, detector)")
-    cor.add_argument("--simulate", choices=["truncation", "metal"], default="truncation")
-    cor.add_argument("--fom-mm", type=float, default=None, help="field of measurement diameter (mm)")
+    src.add_argument("--sinogram", help="sinogram stack (TIFF/NPY), (slices, views, detector), line "
+                     "integrals; NaN/inf are accepted where the mask is 0")
+    cor.add_argument("--simulate", choices=["truncation", "metal", "limited-angle"], default=None,
+                     help="with --volume: what to simulate (default: truncation)")
+    cor.add_argument("--fom-mm", type=float, default=None, help="field of measurement diameter in mm: "
+                     "simulates truncation / makes a truncation mask (default: none)")
+    cor.add_argument("--missing-deg", type=float, default=None, help="limited angle: the missing "
+                     "angular range in degrees, from --start-deg on (default: none)")
+    cor.add_argument("--start-deg", type=float, default=None, help="limited angle: where the missing "
+                     "range starts, degrees (default: the first view's angle)")
     cor.add_argument("--views", type=int, default=360, help="views when simulating")
     cor.add_argument("--fan", action="store_true", help="simulate fan-beam instead of parallel-beam data")
-    cor.add_argument("--mask", help="validity mask file, 1 = valid (same shape as the sinogram or one slice)")
-    cor.add_argument("--geometry", help="geometry JSON (default: from the sinogram file's metadata)")
-    cor.add_argument("--out", required=True, help="corrected TIFF stack; a .report.json is written beside it")
-    cor.add_argument("--sinogram-out", default=None, help="also write the completed sinogram stack here")
+    cor.add_argument("--mask", help="validity mask file, 1 = valid, 0 = missing (same shape as the "
+                     "sinogram or one slice; default: the mask named in a sinogram sidecar, else "
+                     "from --fom-mm / --missing-deg)")
+    cor.add_argument("--geometry", help="geometry JSON with every field given (default: from the "
+                     "sinogram file's metadata)")
+    cor.add_argument("--out", required=True, help="corrected TIFF stack (.tif); <stem>.uncorrected.tif "
+                     "(plain FBP, to compare) and <out>.report.json are written beside it; missing "
+                     "folders are created")
+    cor.add_argument("--sinogram-out", default=None, help="also write the completed sinogram stack "
+                     "here (.tif; default: not written)")
     cor.add_argument("--overwrite", action="store_true", help="allow replacing existing output files")
-    cor.add_argument("--model", default=None)
+    cor.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
     cor.add_argument("--steps", type=int, default=500, help="Adam steps for the first (cold) slice")
     cor.add_argument("--warm-steps", type=int, default=50, help="Adam steps for warm-started slices")
-    cor.add_argument("--lbfgs-steps", type=int, default=20)
+    cor.add_argument("--lbfgs-steps", type=int, default=20, help="L-BFGS steps after Adam, per slice")
     cor.add_argument("--batch-size", type=int, default=1, help="slices optimised together")
     cor.add_argument("--no-join", action="store_true", help="skip the smooth-join correction")
-    cor.add_argument("--device", default=None)
-    cor.add_argument("--seed", type=int, default=0)
+    cor.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
+    cor.add_argument("--seed", type=int, default=0, help="random seed (start latent, simulated noise)")
     cor.set_defaults(func=run_correct)
 
     tr = sub.add_parser("train", help="train a prior on phantoms and/or your own CT data")
     add_train_arguments(tr)
+    if "--overwrite" not in tr._option_string_actions:
+        tr.add_argument("--overwrite", action="store_true", help="allow replacing an existing --out "
+                        "checkpoint and its _last.pt / _history files (--resume continues them)")
+    for action in tr._actions:
+        for flag in action.option_strings:
+            if not action.help and flag in _TRAIN_HELP_FALLBACK:
+                action.help = _TRAIN_HELP_FALLBACK[flag]
     tr.set_defaults(func=run_train)
 
     ev = sub.add_parser("evaluate", help="Table-1 style evaluation against baselines on held-out data")
@@ -268,18 +717,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _oom_text(err: BaseException) -> str:
+    if isinstance(err, ValueError) and str(err):  # a refusal that explains itself (the projector's)
+        return str(err)
+    return (f"out of memory ({str(err).splitlines()[0] if str(err) else type(err).__name__}); use "
+            "fewer slices, a smaller --batch-size, fewer --views or a smaller image grid, or a "
+            "machine with more memory")
+
+
 def main(argv=None) -> int:
+    """Entry point of ``napari-lsr``. User errors (bad input, files, memory) print
+    ``error: ...`` and return 2; warnings do not change the exit status."""
     args = build_parser().parse_args(argv)
-    if args.command == "correct" and args.volume and args.simulate == "truncation" and not args.fom_mm:
-        raise SystemExit("error: --simulate truncation needs --fom-mm (field of measurement diameter in mm)")
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except CLIError as e:
+        message = str(e)
+    except (MemoryError, torch.OutOfMemoryError) as e:
+        message = _oom_text(e)
+    except (ValueError, OSError) as e:  # the library's errors about the user's data and files
+        message = _error_text(e)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -232,21 +232,44 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
 
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    p.add_argument("--task", choices=["truncation", "metal"], required=True)
-    p.add_argument("--out", default=None, help="output folder (default: results/<task>)")
-    p.add_argument("--n-generated", type=int, default=6, help="held-out phantom slices")
+    p.add_argument("--task", choices=["truncation", "metal"], required=True,
+                   help="which missing-data problem to evaluate")
+    p.add_argument("--out", default=None, help="output folder for table.md, results.json and "
+                   "figure.png; an existing non-empty folder needs --overwrite (default: "
+                   "results/<task>)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="allow replacing the results in an existing --out folder")
+    p.add_argument("--n-generated", type=int, default=6,
+                   help="held-out phantom slices (default: %(default)s)")
     p.add_argument("--no-real", action="store_true", help="skip the real CT slices of pydicom(-data)")
     p.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
-    p.add_argument("--steps", type=int, default=200, help="Adam steps")
-    p.add_argument("--lbfgs-steps", type=int, default=10)
-    p.add_argument("--fom-fraction", type=float, default=0.6, help="FOM diameter / body width (truncation)")
-    p.add_argument("--seed0", type=int, default=EVAL_SEED0, help="first held-out phantom seed")
+    p.add_argument("--steps", type=int, default=200, help="Adam steps (default: %(default)s)")
+    p.add_argument("--lbfgs-steps", type=int, default=10,
+                   help="L-BFGS steps after Adam (default: %(default)s)")
+    p.add_argument("--fom-fraction", type=float, default=0.6,
+                   help="FOM diameter / body width, truncation (default: %(default)s)")
+    p.add_argument("--seed0", type=int, default=EVAL_SEED0,
+                   help="first held-out phantom seed (default: %(default)s)")
     return p
 
 
 def run_evaluate(args) -> int:
+    """Entry point of ``napari-lsr evaluate``: refuses, before any work, an --out that is a
+    file, a non-empty folder without ``--overwrite`` (the default ``results/<task>`` holds
+    the committed results) and a folder that cannot be written."""
+    from .cli import CLIError, check_outputs
     from .model import load_model
-    evaluate(args.task, args.out or f"results/{args.task}", n_generated=args.n_generated,
+
+    out = Path(args.out or f"results/{args.task}").expanduser()
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out}: is a file; evaluate writes a folder")
+    held = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if held and not getattr(args, "overwrite", False):
+        more = f" and {len(held) - 4} more" if len(held) > 4 else ""
+        raise CLIError(f"--out {out}: the folder already holds {', '.join(held[:4])}{more}; pass "
+                       "--overwrite to replace its results or choose another --out")
+    check_outputs({"--out": out / "results.json"}, overwrite=True)  # writable or creatable
+    evaluate(args.task, out, n_generated=args.n_generated,
              include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
              lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0)
     return 0

@@ -622,10 +622,23 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Entry point for ``napari-lsr train``."""
+    """Entry point for ``napari-lsr train``. Refuses, before any training, to replace an
+    existing ``--out`` checkpoint or its ``_last.pt`` / ``_history`` files unless
+    ``--overwrite`` (``--resume`` continues its own ``_last.pt`` and may replace them), and
+    checks that the output folder can be written."""
+    from .cli import check_outputs, make_folders
+
     names = {f for f in TrainConfig.__dataclass_fields__}
     cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     cfg.channel_mults = tuple(cfg.channel_mults)
+    paths = _paths(Path(cfg.out).expanduser())
+    resuming = cfg.resume and paths["last"].is_file()
+    hint = (f"pass --overwrite to replace, --resume to continue from {paths['last']}, or choose "
+            "another --out") if paths["last"].is_file() else "pass --overwrite to replace or choose another --out"
+    check_outputs({"--out": paths["best"], "--out's _last.pt": paths["last"],
+                   "--out's history": paths["json"], "--out's history plot": paths["plot"]},
+                  overwrite=getattr(args, "overwrite", False) or resuming, hint=hint)
+    make_folders([paths["best"].parent])
     path = train(cfg)
     rank = int(os.environ.get("RANK", "0"))
     print(f"rank {rank} finished" + (f"; best checkpoint: {path}" if rank == 0 else ""),
