@@ -250,6 +250,7 @@ def _bad_cases(d: Path, model):
     base = ["correct", "--out", str(out), "--model", model, *TINY]
     np.save(d / "mask21.npy", np.ones((1, 21, 47), np.float32))
     np.save(d / "mask3.npy", np.ones((3, 20, 47), np.float32))
+    np.save(d / "mask1s.npy", np.ones((1, 20, 47), np.float32))
     np.save(d / "mask255.npy", np.load(mask) * 255)
     g = json.loads(geom.read_text())
     del g["pixel_size_mm"]
@@ -305,6 +306,15 @@ def _bad_cases(d: Path, model):
                                     ["--missing-deg 200: must lie between 0 and the scan arc (180 degrees)"]),
         "bad fom": ([*base, "--sinogram", str(sino), "--fom-mm", "-5", "--geometry", str(geom)],
                     ["--fom-mm -5: must be a positive diameter in mm"]),
+        "all valid": ([*base, "--sinogram", str(sino), "--mask", str(d / "mask1s.npy"),
+                       "--geometry", str(geom)],
+                      [f"--mask {d / 'mask1s.npy'}: slices 0-1 of --sinogram {sino} have no missing (0) entries"]),
+        "start without range": ([*base, "--sinogram", str(sino), "--fom-mm", "150", "--start-deg", "30",
+                                 "--geometry", str(geom)], ["--start-deg needs --missing-deg"]),
+        "mask with volume": ([*base, "--volume", str(d / "image.tif"), "--fom-mm", "100", "--mask", str(mask)],
+                             [f"--mask {mask}: applies to --sinogram input"]),
+        "fan with sinogram": ([*base, "--sinogram", str(sino), "--fom-mm", "150", "--fan", "--geometry", str(geom)],
+                              ["--fan applies to --volume simulation"]),
         "volume file": ([*base, "--volume", str(d / "nope.tif"), "--fom-mm", "100"],
                         [f"--volume {d / 'nope.tif'}: no such file"]),
     }
@@ -434,6 +444,16 @@ def test_library_errors_during_the_run_are_one_line(tmp_path, tiny_model_path, c
     monkeypatch.setattr("napari_lsr.lsr.lsr_correct_volume", bug)
     with pytest.raises(TypeError):  # bugs keep their traceback
         main(argv)
+
+
+def test_library_log_warnings_are_printed_as_warnings(tmp_path, tiny_model_path, capsys, no_lsr):
+    tifffile.imwrite(tmp_path / "rgb.tif", np.zeros((1, 32, 32, 3), np.uint8), photometric="rgb")
+    code = main(["correct", "--volume", str(tmp_path / "rgb.tif"), "--simulate", "limited-angle",
+                 "--missing-deg", "400", "--out", str(tmp_path / "c.tif"), "--model", tiny_model_path])
+    err = capsys.readouterr().err
+    assert code == 2 and "error: --missing-deg 400" in err
+    assert any(ln.startswith("warning: ") and "RGB image; its colour channels were averaged" in ln
+               for ln in err.splitlines()), err
 
 
 def test_fit_report_printing(capsys):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import re
 import sys
@@ -371,6 +372,8 @@ def _option_masks(geom, args) -> list:
     from .masks import truncation_mask
 
     out = []
+    if args.start_deg is not None and args.missing_deg is None:
+        raise CLIError("--start-deg needs --missing-deg (the missing angular range in degrees)")
     if args.fom_mm is not None:
         if not (np.isfinite(args.fom_mm) and args.fom_mm > 0):
             raise CLIError(f"--fom-mm {args.fom_mm:g}: must be a positive diameter in mm")
@@ -396,6 +399,11 @@ def _simulate_volume(args, report):
                        "in degrees)")
     if args.views < 1:
         raise CLIError(f"--views {args.views}: must be at least 1")
+    for flag, value in (("--mask", args.mask), ("--geometry", args.geometry)):
+        if value:
+            raise CLIError(f"{flag} {value}: applies to --sinogram input; with --volume the scan "
+                           "and its mask are simulated (--simulate, --views, --fan, --fom-mm, "
+                           "--missing-deg)")
     vol = _read_input_ct("--volume", args.volume)
     if not np.isclose(vol.spacing_mm[1], vol.spacing_mm[2]):
         raise CLIError(f"--volume {args.volume}: pixels are not square ({vol.spacing_mm[1:]} mm); "
@@ -447,6 +455,9 @@ def _measured_input(args, report):
     if args.simulate:
         raise CLIError(f"--simulate {args.simulate} needs --volume (a CT volume to simulate from); "
                        "a --sinogram is corrected as it is")
+    if args.fan:
+        raise CLIError("--fan applies to --volume simulation; a --sinogram's geometry comes from "
+                       "--geometry or its metadata")
     sflag = f"--sinogram {args.sinogram}"
     vol = _read_input("--sinogram", args.sinogram, "sinogram", allow_nonfinite=True)
     sinos = vol.hu
@@ -467,7 +478,7 @@ def _measured_input(args, report):
         print(f"using the mask {mask_file} named in the sinogram's sidecar")
     if mask_file:
         mask_label = f"--mask {mask_file}" if args.mask else f"mask {mask_file} (from the sidecar)"
-        m = _read_input("--mask", mask_file, "mask").hu
+        m = _read_input("--mask" if args.mask else "sidecar mask", mask_file, "mask").hu
         if m.shape[1:] != sinos.shape[1:] or m.shape[0] not in (1, sinos.shape[0]):
             raise CLIError(f"{mask_label}: shape {m.shape} does not match {sflag} {sinos.shape}")
         if m.shape[0] == 1 and sinos.shape[0] > 1:
@@ -487,8 +498,13 @@ def _measured_input(args, report):
         raise CLIError(f"{sflag}: {int(bad.sum())} NaN/inf values where {where} says the data "
                        "are valid (1); mark them 0 in the mask (NaN is accepted in the missing "
                        "part) or repair the data")
-    if not valid.any():
-        raise CLIError(f"{mask_label or 'the mask'}: no valid (1) entries; there is no measured data to fit")
+    per_slice = valid.reshape(len(sinos), -1)
+    for test, what in ((~per_slice.any(1), "no valid (1) entries: no measured data to fit"),
+                       (per_slice.all(1), "no missing (0) entries: nothing to correct")):
+        if test.any():
+            idx = np.flatnonzero(test).tolist()
+            raise CLIError(f"{mask_label or 'the mask'}: slice{'s' if len(idx) > 1 else ''} "
+                           f"{_slice_ranges(idx)} of {sflag} {'have' if len(idx) > 1 else 'has'} {what}")
     report["input"] = {"sinogram": str(args.sinogram), "mask": mask_file, "geometry_from": gwhere,
                        "fom_mm": args.fom_mm, "missing_deg": args.missing_deg,
                        "nonfinite_values_in_missing_part": int((~np.isfinite(sinos)).sum())}
@@ -725,10 +741,28 @@ def _oom_text(err: BaseException) -> str:
             "machine with more memory")
 
 
+class _StderrWarnings(logging.Handler):
+    """The library's log warnings on the current stderr as ``warning: ...``."""
+
+    def emit(self, record):
+        try:
+            print(f"{record.levelname.lower()}: {record.getMessage()}", file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging must never break a run
+            self.handleError(record)
+
+
+def _show_library_warnings() -> None:
+    log = logging.getLogger("napari_lsr")
+    if not any(isinstance(h, _StderrWarnings) for h in log.handlers):
+        log.addHandler(_StderrWarnings(logging.WARNING))
+
+
 def main(argv=None) -> int:
     """Entry point of ``napari-lsr``. User errors (bad input, files, memory) print
-    ``error: ...`` and return 2; warnings do not change the exit status."""
+    ``error: ...`` and return 2; warnings (``warning: ...`` on stderr) do not change the exit
+    status."""
     args = build_parser().parse_args(argv)
+    _show_library_warnings()
     try:
         return int(args.func(args) or 0)
     except CLIError as e:
