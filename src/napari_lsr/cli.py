@@ -56,14 +56,24 @@ REPORT_UNITS = {
 
 
 def _jsonable(obj):
-    """``obj`` with NumPy values, paths and other objects made JSON-serialisable."""
+    """``obj`` with NumPy values, paths and other objects made JSON-serialisable; NaN and
+    infinities become null (strict JSON)."""
     def default(o):
         if isinstance(o, np.generic):
             return o.item()
         if isinstance(o, np.ndarray):
             return o.tolist()
         return str(o)
-    return json.loads(json.dumps(obj, default=default))
+
+    def strict(o):
+        if isinstance(o, float) and not np.isfinite(o):
+            return None
+        if isinstance(o, dict):
+            return {k: strict(v) for k, v in o.items()}
+        if isinstance(o, list):
+            return [strict(v) for v in o]
+        return o
+    return strict(json.loads(json.dumps(obj, default=default)))
 
 
 class _HelpFormatter(argparse.HelpFormatter):
@@ -682,9 +692,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     cor = sub.add_parser("correct", help="correct a sinogram stack (or simulate from a CT volume) with LSR")
     src = cor.add_mutually_exclusive_group(required=True)
-    src.add_argument("--volume", help="CT volume (TIFF, NPY, DICOM file/folder) to simulate data from")
+    src.add_argument("--volume", help="CT volume (TIFF, NPY, DICOM file/folder) to simulate data from; "
+                     "this or --sinogram is required (no default)")
     src.add_argument("--sinogram", help="sinogram stack (TIFF/NPY), (slices, views, detector), line "
-                     "integrals; NaN/inf are accepted where the mask is 0")
+                     "integrals; NaN/inf are accepted where the mask is 0; this or --volume is "
+                     "required (no default)")
     cor.add_argument("--simulate", choices=["truncation", "metal", "limited-angle"], default=None,
                      help="with --volume: what to simulate (default: truncation)")
     cor.add_argument("--fom-mm", type=float, default=None, help="field of measurement diameter in mm: "
