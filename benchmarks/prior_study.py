@@ -7,6 +7,7 @@ Arms (each trained for the same wall time on one pinned core, same data, same op
   hybrid      the unshuffle network plus a 16x16x4 spatial latent beside the 128-vector
   split       the hybrid network as two priors, head and trunk, half the time each; LSR runs
               both and keeps the one whose projection fits the measured data better
+  hybrid32    the unshuffle network plus a 32x32x4 spatial latent (finer) beside the vector
 
 Scores: held-out phantom reconstruction MAE in the body (seeds from 10 000 000), and LSR
 (+ smooth join) on a fixed short case list of both evaluation tasks (3 held-out phantoms and
@@ -42,6 +43,7 @@ ARMS = {
     "unshuffle": UNSHUFFLE,
     "hybrid": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 16},
     "split": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 16},
+    "hybrid32": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 32},
 }
 SPLIT = {"head": ["head"], "trunk": ["thorax", "abdomen", "pelvis"]}
 COMMON = dict(batch_size=8, lr=1.5e-3, warmup_steps=100, beta=0.02, kl_warmup_steps=1000,

@@ -25,7 +25,7 @@ import torch
 from . import baselines, masks, metrics, simulate
 from .baselines import reconstruct_hu
 from .data.phantoms import body_mask, generate_slice
-from .geometry import ParallelBeam
+from .geometry import FanBeam, ParallelBeam
 from .lsr import lsr_correct
 from .projector import Projector
 from .units import hu_to_mu
@@ -42,6 +42,16 @@ def default_geometry(image_size: int = 256, pixel_size_mm: float = 1.5, n_views:
     n_det = int(np.ceil(image_size * np.sqrt(2.0))) | 1
     return ParallelBeam(image_size=image_size, pixel_size_mm=pixel_size_mm, n_views=n_views,
                         n_det=n_det, det_spacing_mm=pixel_size_mm)
+
+
+def clinical_fan_geometry() -> FanBeam:
+    """A single-row clinical scanner: 900 x 1 mm arc detector at SDD 950 mm (SID 540 mm,
+    a 492 mm scan circle), 720 views over 360 deg, image 256 x 256 at 0.96 mm."""
+    return FanBeam(image_size=256, pixel_size_mm=0.96, n_views=720, n_det=900, det_spacing_mm=1.0,
+                   sid_mm=540.0, sdd_mm=950.0, arc_deg=360.0)
+
+
+GEOMETRIES = {"parallel": None, "fan-clinical": clinical_fan_geometry}
 
 
 class CaseNotApplicable(Exception):
@@ -69,10 +79,10 @@ def body_width_mm(hu: np.ndarray, pixel_size_mm: float) -> float:
     return float(cols.max() - cols.min() + 1) * pixel_size_mm if cols.size else 0.0
 
 
-def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed):
+def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed, lsr_options=None):
     """LSR with and without the smooth-join correction, from one optimisation."""
     res = lsr_correct(sino, mask, geom, model=model, steps=steps, lbfgs_steps=lbfgs_steps, seed=seed,
-                      join=True, fbp_filter=FBP_FILTER)
+                      join=True, fbp_filter=FBP_FILTER, **(lsr_options or {}))
     with torch.no_grad():
         gen_sino = P.forward(hu_to_mu(torch.as_tensor(res.generated_hu))).numpy()
     plain = np.where(mask == 1, sino, gen_sino.astype(sino.dtype))
@@ -80,7 +90,7 @@ def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed):
 
 
 def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs_steps: int,
-             fom_fraction: float, seed: int) -> Dict:
+             fom_fraction: float, seed: int, lsr_options: Dict | None = None) -> Dict:
     """All methods on one case; returns per-method metrics and images for the figure."""
     gt = case.hu
     body = body_mask(gt)
@@ -103,10 +113,10 @@ def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs
     images = {"ground truth": (gt, full), "floor (FBP of complete data)": (reconstruct_hu(full, geom, FBP_FILTER), full)}
     images.update({k: (reconstruct_hu(s, geom, FBP_FILTER), s) for k, s in sinos.items()})
     t0 = time.perf_counter()
-    lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed)
+    lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed, lsr_options)
     images.update(lsr_imgs)
     out = {"name": case.name, "lsr_seconds": time.perf_counter() - t0, "lsr_steps": len(res.loss_history),
-           "lsr_final_loss": float(res.loss_history[-1]),
+           "lsr_final_loss": float(res.loss_history[-1]), "fit": res.fit.to_dict(),
            "metrics": {}, "images": {k: v[0] for k, v in images.items()}}
     for method, (img, s) in images.items():
         if method == "ground truth":
@@ -193,12 +203,20 @@ def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2) ->
 
 def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True, model=None,
              steps: int = 200, lbfgs_steps: int = 10, fom_fraction: float = 0.6, seed0: int = EVAL_SEED0,
-             geom=None, log=print) -> Dict:
-    """Run the evaluation; writes ``table.md``, ``results.json`` and ``figure.png`` to out_dir."""
+             geom=None, log=print, lsr_options: Dict | None = None) -> Dict:
+    """Run the evaluation; writes ``table.md``, ``results.json`` and ``figure.png`` to out_dir.
+
+    ``geom``: a geometry, a name in ``GEOMETRIES`` or None (parallel beam on the prior's
+    grid); ``lsr_options``: extra keyword arguments of :func:`lsr_correct` (e.g.
+    ``{"reduce": False}`` for the full-resolution fit, ``{"z_weight": 1e-3}``)."""
     if task not in ("truncation", "metal"):
         raise ValueError(f"task must be 'truncation' or 'metal', got {task!r}")
     from .model import load_model
     model = load_model() if model is None else model
+    if isinstance(geom, str):
+        if geom not in GEOMETRIES:
+            raise ValueError(f"unknown evaluation geometry {geom!r}; choose one of {sorted(GEOMETRIES)}")
+        geom = GEOMETRIES[geom]() if GEOMETRIES[geom] else None
     geom = geom or default_geometry(model.config.image_size, model.config.pixel_size_mm)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -206,7 +224,8 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
     results, skipped = [], []
     for i, case in enumerate(evaluation_cases(n_generated, include_real, geom, seed0)):
         try:
-            r = run_case(task, case, geom, P, model, steps, lbfgs_steps, fom_fraction, seed=i)
+            r = run_case(task, case, geom, P, model, steps, lbfgs_steps, fom_fraction, seed=i,
+                         lsr_options=lsr_options)
         except CaseNotApplicable as e:
             skipped.append({"name": case.name, "reason": str(e)})
             log(f"[{i + 1}] {case.name}: skipped ({e})")
@@ -219,7 +238,8 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
         raise ValueError(f"no evaluation case could be run: {skipped}")
     summary = summarise(task, results)
     summary.update(skipped=skipped, geometry=geom.to_dict(), steps=steps, lbfgs_steps=lbfgs_steps, fom_fraction=fom_fraction,
-                   seed0=seed0, cases=[{k: v for k, v in r.items() if k != "images"} for r in results],
+                   seed0=seed0, lsr_options=lsr_options or {},
+                   cases=[{k: v for k, v in r.items() if k != "images"} for r in results],
                    model=getattr(model, "training_summary", {}))
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
     table = markdown_table(summary)

@@ -30,6 +30,7 @@ import argparse
 import json
 import math
 import os
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -608,6 +609,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="epochs without improvement before stopping (default: %(default)s)")
     a("--max-minutes", type=float, default=None, help="wall-time budget (default: none)")
     a("--resume", action="store_true", help="continue from <stem>_last.pt")
+    a("--overwrite", action="store_true", help="allow replacing an existing --out checkpoint "
+      "and its _last.pt / _history files")
     a("--device", default=d.device, choices=("auto", "cpu", "cuda"),
       help="(default: %(default)s)")
     a("--threads", type=int, default=d.threads, help="torch CPU threads (default: "
@@ -617,7 +620,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--channels-last", action="store_true", help="channels-last memory format")
     a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     a("--half", action="store_true", help="store float16 weights (half the file size)")
-    a("--no-progress", dest="progress", action="store_false")
+    a("--no-progress", dest="progress", action="store_false",
+      help="no progress bar (one line per 50 steps instead)")
     return parser
 
 
@@ -650,7 +654,11 @@ def main(argv=None) -> int:
     """``python -m napari_lsr.train`` (handy with ``torchrun``): same options as the CLI."""
     parser = add_train_arguments(argparse.ArgumentParser(prog="napari-lsr train",
                                                          description=__doc__.split("\n")[0]))
-    return run_train(parser.parse_args(argv))
+    try:
+        return run_train(parser.parse_args(argv))
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
