@@ -382,8 +382,8 @@ class _Patient:
         scale, rot, shift, tab = self.pose(zs, size, pixel_mm, rng, table, fit)
         noise = rng.uniform(0, 10) if noise_hu is None else float(noise_hu)
         noise_rng = np.random.default_rng([self.seed, 3])
-        if noise_hu is None:
-            noise = noise_rng.uniform(2, 20)
+        if noise_hu is None:  # head scans are made at higher dose (grey/white contrast)
+            noise = noise_rng.uniform(2, 8) if self.region == "head" else noise_rng.uniform(2, 20)
         out = np.empty((len(zs), size, size), np.float32)
         for i, z in enumerate(zs):
             cv = _Canvas(size, pixel_mm, scale, rot, shift)
