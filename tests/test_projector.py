@@ -9,6 +9,15 @@ from skimage.transform import radon, resize
 
 import napari_lsr as lsr
 
+@pytest.fixture(autouse=True, scope="module")
+def _private_disk_cache(tmp_path_factory):
+    """Keep the projector's disk cache out of the user's cache folder."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("NAPARI_LSR_CACHE_DIR", str(tmp_path_factory.mktemp("projector-cache")))
+    yield
+    mp.undo()
+
+
 PAR = lsr.ParallelBeam(image_size=48, pixel_size_mm=2.0, n_views=40, n_det=71, det_spacing_mm=2.0)
 FAN = lsr.FanBeam(image_size=48, pixel_size_mm=2.0, n_views=60, n_det=112, det_spacing_mm=2.5,
                   sid_mm=400.0, sdd_mm=800.0, det_offset_mm=0.6)

@@ -26,7 +26,15 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
-__all__ = ["ParallelBeam", "FanBeam", "Geometry", "geometry_from_dict", "geometry_from_json"]
+__all__ = ["ParallelBeam", "FanBeam", "Geometry", "geometry_from_dict", "geometry_from_json",
+           "extend_detector", "pad_sinogram", "crop_sinogram"]
+
+_EXTEND_HINT = (
+    " If the scan really measured a field smaller than this image (a truncated scan, a "
+    "clinical grid whose corners lie outside the scan field), use "
+    "napari_lsr.geometry.extend_detector(scan, image_size, pixel_size_mm) for a detector "
+    "extended by bins marked missing, and pad_sinogram(...) for the sinogram and its mask."
+)
 
 
 def _check_positive(name: str, value) -> None:
@@ -151,7 +159,7 @@ class ParallelBeam(_GeometryBase):
                 f"the detector ({self.n_det} bins x {self.det_spacing_mm} mm, offset "
                 f"{self.det_offset_mm} mm) does not cover the image diagonal of "
                 f"{2 * half_diag:.1f} mm; use at least n_det={need} at this spacing. (A truncated "
-                "scan is simulated with a truncation mask, not with a short detector.)"
+                "scan is simulated with a truncation mask, not with a short detector.)" + _EXTEND_HINT
             )
 
     @staticmethod
@@ -201,7 +209,7 @@ class FanBeam(_GeometryBase):
             raise ValueError(
                 f"the detector ({self.n_det} bins x {self.det_spacing_mm} mm at sdd "
                 f"{self.sdd_mm} mm) does not cover the image (half fan angle "
-                f"{math.degrees(need):.2f} deg needed); use at least n_det={n_need}"
+                f"{math.degrees(need):.2f} deg needed); use at least n_det={n_need}." + _EXTEND_HINT
             )
 
     @staticmethod
@@ -251,3 +259,117 @@ def geometry_from_json(text: str) -> Geometry:
     except json.JSONDecodeError as e:
         raise ValueError(f"geometry JSON is not valid JSON: {e}") from None
     return geometry_from_dict(d)
+
+
+# ----------------------------------------------------------------------------------------
+# extended field: an image grid larger than the measured field
+# ----------------------------------------------------------------------------------------
+def _bins_needed(kind: str, f: dict) -> Tuple[int, int]:
+    """Bins to add before bin 0 and after the last bin so the detector covers the image."""
+    D, sp, off = int(f["n_det"]), float(f["det_spacing_mm"]), float(f.get("det_offset_mm", 0.0))
+    half_diag = int(f["image_size"]) * float(f["pixel_size_mm"]) / math.sqrt(2.0)
+    if kind == "FanBeam":
+        sid, sdd = float(f.get("sid_mm", 595.0)), float(f.get("sdd_mm", 1085.6))
+        if half_diag >= sid:
+            raise ValueError(f"the image (half diagonal {half_diag:.1f} mm) reaches the source at "
+                             f"sid_mm={sid}; no detector can cover it")
+        need = math.asin(half_diag / sid) / (sp / sdd)          # in bins, from the centre ray
+        first = -(D - 1) / 2.0 + off / sp                         # bin centres, in bins
+        last = (D - 1) / 2.0 + off / sp
+    else:
+        need = half_diag / sp
+        first, last = -D / 2.0 + off / sp, D / 2.0 + off / sp     # detector edges, in bins
+    left = max(0, math.ceil(first + need - 1e-6))
+    right = max(0, math.ceil(need - last - 1e-6))
+    return left, right
+
+
+def extend_detector(scan, image_size: Optional[int] = None,
+                    pixel_size_mm: Optional[float] = None) -> Tuple["Geometry", int, int]:
+    """Geometry for reconstructing an image grid larger than the measured field.
+
+    ``scan``: the scan's geometry, as a :class:`ParallelBeam`/:class:`FanBeam` or as a dict
+    of its fields (``to_dict()`` output; a dict may describe a detector that does not cover
+    the wanted grid, which the classes refuse). ``image_size`` [pixels] and
+    ``pixel_size_mm`` [mm] give the wanted grid (default: the scan's).
+
+    Returns ``(extended, n_left, n_right)``: the same scan with ``n_left`` bins added before
+    bin 0 and ``n_right`` after the last bin, at the same spacing, the measured bins keeping
+    their positions (``det_offset_mm`` adjusted), just enough to cover the image. With a
+    centred detector the extension is symmetric, so the projector keeps its 8-fold view
+    symmetry. Pad the measured sinogram and its mask with :func:`pad_sinogram` (added bins
+    marked missing, mask 0): LSR then fills them in (extended-field reconstruction)."""
+    if isinstance(scan, _GeometryBase):
+        kind, fields = type(scan).__name__, scan.to_dict()
+    elif isinstance(scan, dict):
+        fields = dict(scan)
+        kind = fields.get("type", "FanBeam" if "sid_mm" in fields else "ParallelBeam")
+    else:
+        raise TypeError(f"scan must be a ParallelBeam, FanBeam or dict, got {type(scan).__name__}")
+    if kind not in _TYPES:
+        raise ValueError(f"unknown geometry type {kind!r}; expected one of {sorted(_TYPES)}")
+    fields.pop("type", None)
+    if image_size is not None:
+        fields["image_size"] = image_size
+    if pixel_size_mm is not None:
+        fields["pixel_size_mm"] = pixel_size_mm
+    for name in ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"):
+        if name not in fields:
+            raise ValueError(f"extend_detector needs the scan's {name}")
+    left, right = _bins_needed(kind, fields)
+    sp, off = float(fields["det_spacing_mm"]), float(fields.get("det_offset_mm", 0.0))
+    # keep (or make) the detector symmetric when the offset is a whole number of half bins
+    # and that costs at most a few bins: the projector then keeps all 8 view symmetries
+    m = 2.0 * off / sp
+    if (left or right) and abs(m - round(m)) < 1e-9:
+        m = int(round(m))             # left - right == m gives a zero offset
+        r_sym = max(right, left - m)
+        l_sym = r_sym + m
+        if l_sym + r_sym - (left + right) <= max(2, int(0.02 * int(fields["n_det"]))):
+            left, right = l_sym, r_sym
+    new_off = off - (left - right) * sp / 2.0
+    if abs(new_off) < 1e-9 * sp:
+        new_off = 0.0
+    fields.update(n_det=int(fields["n_det"]) + left + right, det_offset_mm=new_off)
+    if fields.get("angles_deg") is not None:
+        fields["angles_deg"] = tuple(fields["angles_deg"])
+    return _TYPES[kind](**fields), left, right
+
+
+def pad_sinogram(sino, n_left: int, n_right: int, mask=None, fill: float = 0.0):
+    """Sinogram and mask for an extended detector (see :func:`extend_detector`).
+
+    ``sino``: (..., views, bins) line integrals (NumPy array or torch tensor); ``mask``: same
+    shape, 1 = valid, 0 = missing (None: all measured bins valid). Returns
+    ``(sino_ext, mask_ext)`` with ``n_left`` bins added before and ``n_right`` after along
+    the last axis: values ``fill``, mask 0. Same array type as ``sino``."""
+    n_left, n_right = int(n_left), int(n_right)
+    if n_left < 0 or n_right < 0:
+        raise ValueError("n_left and n_right must be >= 0")
+    try:
+        import torch
+        is_torch = isinstance(sino, torch.Tensor)
+    except ImportError:  # pragma: no cover - torch is a dependency
+        is_torch = False
+    if is_torch:
+        import torch.nn.functional as F
+        if mask is None:
+            mask = torch.ones_like(sino)
+        mask = torch.as_tensor(mask, device=sino.device)
+        if tuple(mask.shape) != tuple(sino.shape):
+            raise ValueError(f"mask has shape {tuple(mask.shape)}, sinogram {tuple(sino.shape)}")
+        s = F.pad(sino, (n_left, n_right), value=float(fill))
+        m = F.pad(mask.to(sino.dtype if mask.dtype == torch.bool else mask.dtype), (n_left, n_right), value=0)
+        return s, m.to(mask.dtype)
+    sino = np.asarray(sino)
+    mask = np.ones(sino.shape, dtype=np.float32) if mask is None else np.asarray(mask)
+    if mask.shape != sino.shape:
+        raise ValueError(f"mask has shape {mask.shape}, sinogram {sino.shape}")
+    widths = [(0, 0)] * (sino.ndim - 1) + [(n_left, n_right)]
+    return (np.pad(sino, widths, constant_values=fill), np.pad(mask, widths, constant_values=0))
+
+
+def crop_sinogram(sino, n_left: int, n_right: int):
+    """Undo :func:`pad_sinogram`: the measured bins of an extended sinogram (..., views, bins)."""
+    n = sino.shape[-1]
+    return sino[..., int(n_left): n - int(n_right)]

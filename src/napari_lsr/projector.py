@@ -26,6 +26,7 @@ integrals (dimensionless, lengths in mm).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
@@ -177,6 +178,16 @@ def _cache_key(geom: Geometry, kind: str, sym: ops.ViewSymmetry) -> str:
     })
 
 
+@functools.lru_cache(maxsize=32)
+def _symmetry_and_density(geom: Geometry, kind: str, use_symmetry: bool):
+    """(ViewSymmetry, non-zeros per stored view) of a geometry (memoised: ~0.1 s at 512^2)."""
+    full = ops.no_symmetry(geom.n_views)
+    sym = ops.view_symmetry(geom) if use_symmetry else full
+    if sym.n_reps == geom.n_views and len(sym.maps) == 1:
+        sym = full  # no symmetry to exploit (e.g. a short scan): same as stored
+    return sym, _sample_nnz_per_view(geom, kind, sym.reps)
+
+
 def _plan(geom: Geometry, kind: str, method: str, device, budget: int, reserved: int = 0):
     """(MemoryEstimate, ViewSymmetry) for ``method`` ("auto" picks the fastest that fits)."""
     if method not in METHODS:
@@ -187,12 +198,8 @@ def _plan(geom: Geometry, kind: str, method: str, device, budget: int, reserved:
     budget_eff = budget - reserved
     if available is not None:
         budget_eff = min(budget_eff, int(0.8 * available))
-    full = ops.no_symmetry(geom.n_views)
-    sym = ops.view_symmetry(geom) if method != "stored" else full
-    if sym.n_reps == geom.n_views and len(sym.maps) == 1:
-        sym = full  # no symmetry to exploit (e.g. a short scan): same as stored
+    sym, npv = _symmetry_and_density(geom, kind, method != "stored")
     P, D = geom.image_size ** 2, geom.n_det
-    npv = _sample_nnz_per_view(geom, kind, sym.reps)
     vb = 4  # float32 values (a float64 operator, built on demand, holds 8)
 
     def tables(s):
@@ -361,6 +368,7 @@ def _cached_operator(geom: Geometry, est: MemoryEstimate, sym, dtype, device) ->
             op = ops.StoredOperator(geom, est.kind, sym, rows, dtype, device,
                                     store_transpose=est.transpose_stored, transpose_arrays=t)
         last_source = source
+        op.source = source
         with _CACHE_LOCK:
             _CACHE[key] = op
             while len(_CACHE) > _CACHE_SIZE:
@@ -567,8 +575,14 @@ class Projector:
         return _cached_operator(self.geometry, est, sym, dtype, self.device)
 
     def warm_up(self, dtype=torch.float32) -> "Projector":
-        """Build (or fetch from the caches) the system matrix now rather than on first use."""
-        self._op("forward", dtype)
+        """Build (or fetch from the caches) the system matrix now rather than on first use.
+
+        Afterwards :attr:`setup` says how: ``{"source": "built" | "disk" | "memory",
+        "seconds": ...}``."""
+        t0 = time.perf_counter()
+        op = self._op("forward", dtype)
+        self.setup = {"source": last_source or getattr(op, "source", "built"),
+                      "seconds": time.perf_counter() - t0}
         return self
 
     @staticmethod
