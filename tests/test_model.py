@@ -29,6 +29,14 @@ def test_shapes_and_range(tiny):
     assert tiny.decode_hu(mu).shape == (3, 32, 32)
 
 
+def test_decode_gives_hu_and_decode_normalised_the_network_units(tiny):
+    z = torch.randn(2, 8)
+    hu, x01 = tiny.decode(z), tiny.decode_normalised(z)
+    assert hu.shape == (2, 32, 32) and x01.shape == (2, 1, 32, 32)
+    assert torch.allclose(hu, tiny.to_hu(x01)[:, 0]) and torch.equal(hu, tiny.decode_hu(z))
+    assert 0 <= x01.min() and x01.max() <= 1 and hu.min() >= -1024
+
+
 def test_hu_mapping_fixed(tiny):
     hu = torch.tensor([-1024.0, 0.0, 3071.0])
     assert torch.allclose(tiny.from_hu(hu), torch.tensor([0.0, 1024 / 4095, 1.0]))
@@ -37,10 +45,10 @@ def test_hu_mapping_fixed(tiny):
 
 def test_decode_batch_one_equals_batch_many(tiny):
     z = torch.randn(5, 8)
-    many = tiny.decode(z)
-    ones = torch.cat([tiny.decode(z[i:i + 1]) for i in range(5)])
+    many = tiny.decode_normalised(z)
+    ones = torch.cat([tiny.decode_normalised(z[i:i + 1]) for i in range(5)])
     assert torch.allclose(many, ones, atol=1e-6)
-    assert torch.equal(tiny.decode(z), many)  # deterministic in eval mode
+    assert torch.equal(tiny.decode_normalised(z), many)  # deterministic in eval mode
 
 
 def test_bad_config():
@@ -63,7 +71,7 @@ def test_half_checkpoint_and_gradient_to_z(tiny, tmp_path):
     m = load_model(p)
     assert all(v.dtype == torch.float32 for v in m.state_dict().values() if v.is_floating_point())
     z = torch.randn(1, 8, requires_grad=True)
-    assert torch.allclose(m.decode(z), tiny.decode(z), atol=1e-2)
+    assert torch.allclose(m.decode_normalised(z), tiny.decode_normalised(z), atol=1e-2)
     m.decode(z).sum().backward()  # weights frozen, z still gets a gradient
     assert z.grad is not None and z.grad.abs().sum() > 0
 

@@ -219,8 +219,9 @@ class VAE(nn.Module):
             logvar = torch.cat([logvar, slogvar.flatten(1)], 1)
         return mu, logvar.clamp(-30.0, 20.0)
 
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1]."""
+    def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1] (the network's own
+        units; :meth:`decode` gives HU)."""
         c = self.config
         b = c.bottleneck_size
         zg, zs = self.split_z(z)
@@ -235,7 +236,7 @@ class VAE(nn.Module):
         """Returns (reconstruction in [0,1], mu, logvar); samples z in training mode only."""
         mu, logvar = self.encode(x)
         z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
-        return self.decode(z), mu, logvar
+        return self.decode_normalised(z), mu, logvar
 
     # -- HU mapping --------------------------------------------------------------------------
     def to_hu(self, x01):
@@ -248,9 +249,11 @@ class VAE(nn.Module):
         c = self.config
         return (hu - c.hu_min) / (c.hu_max - c.hu_min)
 
-    def decode_hu(self, z: torch.Tensor) -> torch.Tensor:
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (B, z_size) -> image in HU, (B, S, S)."""
-        return self.to_hu(self.decode(z))[:, 0]
+        return self.to_hu(self.decode_normalised(z))[:, 0]
+
+    decode_hu = decode  # the name the engine uses: says the unit
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """n random images in HU, (n, S, S), from z ~ N(0, I)."""
@@ -260,4 +263,6 @@ class VAE(nn.Module):
 
     def n_parameters(self) -> dict:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        return {"total": count(self), "decoder": count(self.decoder) + count(self.from_latent)}
+        spatial = count(self.from_spatial) if hasattr(self, "from_spatial") else 0
+        return {"total": count(self),
+                "decoder": count(self.decoder) + count(self.from_latent) + spatial}
