@@ -117,6 +117,7 @@ def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs
     images.update(lsr_imgs)
     out = {"name": case.name, "lsr_seconds": time.perf_counter() - t0, "lsr_steps": len(res.loss_history),
            "lsr_final_loss": float(res.loss_history[-1]), "fit": res.fit.to_dict(),
+           **({"fom_mm": region["fom_mm"]} if task == "truncation" else {}),
            "metrics": {}, "images": {k: v[0] for k, v in images.items()}}
     for method, (img, s) in images.items():
         if method == "ground truth":
@@ -175,30 +176,45 @@ def markdown_table(summary: Dict) -> str:
     return "\n".join(lines)
 
 
-def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2) -> None:
-    """Rows: methods; columns: image and difference to ground truth for the first cases."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2, geom=None,
+                window: str = "soft tissue") -> None:
+    """Rows: methods; columns: image (CT window ``window``, the field of measurement dashed)
+    and difference to the ground truth for the first cases; titles carry the errors (HU)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Circle
 
+    from .windows import window_limits
+
+    lo, hi = window_limits(window)
     shown = results[:n_cases]
     methods = list(shown[0]["images"])
-    fig, axes = plt.subplots(len(methods), 2 * len(shown), figsize=(3.0 * 2 * len(shown), 3.0 * len(methods)))
-    axes = np.atleast_2d(axes)
+    fig = Figure(figsize=(3.0 * 2 * len(shown), 3.1 * len(methods)))
+    FigureCanvasAgg(fig)
+    axes = np.atleast_2d(fig.subplots(len(methods), 2 * len(shown)))
     for c, r in enumerate(shown):
         gt = r["images"]["ground truth"]
         for row, m in enumerate(methods):
             img = r["images"][m]
             ax, axd = axes[row, 2 * c], axes[row, 2 * c + 1]
-            ax.imshow(img, cmap="gray", vmin=-1000, vmax=1000 if task == "truncation" else 1500)
-            axd.imshow(img - gt, cmap="RdBu_r", vmin=-300, vmax=300)
-            ax.set_title(f"{m}\n{r['name']}", fontsize=8)
-            axd.set_title("difference to GT [-300, 300] HU", fontsize=8)
+            ax.imshow(img, cmap="gray", vmin=lo, vmax=hi)
+            axd.imshow(img - gt, cmap="RdBu_r", vmin=-200, vmax=200)
+            numbers = ""
+            if m in r["metrics"]:
+                mm = r["metrics"][m]
+                numbers = (f"MAE in FOM {mm['inside_fom']:.0f}, outside {mm['outside_fom']:.0f} HU"
+                           if task == "truncation" else f"MAE outside metal {mm['outside_metal']:.0f} HU")
+            ax.set_title(f"{m}\n{r['name']} ({window} W{hi - lo:.0f}/L{(hi + lo) / 2:.0f})", fontsize=7)
+            axd.set_title(f"difference to GT, -200..200 HU\n{numbers}", fontsize=7)
+            if task == "truncation" and geom is not None and "fom_mm" in r:
+                ctr = (gt.shape[-1] - 1) / 2.0
+                for a in (ax, axd):
+                    a.add_patch(Circle((ctr, ctr), r["fom_mm"] / 2.0 / geom.pixel_size_mm, fill=False,
+                                       ls="--", lw=0.8, color="gold"))
             ax.axis("off")
             axd.axis("off")
     fig.tight_layout()
     fig.savefig(path, dpi=70)
-    plt.close(fig)
 
 
 def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True, model=None,
@@ -246,7 +262,7 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
     notes = "".join(f"\n- skipped {s['name']}: {s['reason']}" for s in skipped)
     (out / "table.md").write_text(f"# LSR evaluation: {task}\n\n{len(results)} cases ({', '.join(r['name'] for r in results)}), "
                                   f"{steps} Adam + {lbfgs_steps} L-BFGS steps\n\n{table}\n{notes}\n")
-    save_figure(task, results, out / "figure.png")
+    save_figure(task, results, out / "figure.png", geom=geom)
     log(table)
     return summary
 
