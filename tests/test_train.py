@@ -79,3 +79,18 @@ def test_ddp_two_cpu_processes(tmp_path):
     assert "rank 0 finished" in r.stdout and "rank 1 finished" in r.stdout
     s = load_model(out).training_summary
     assert s["world_size"] == 2 and s["images_seen"] == 2 * 2 * 2
+
+
+def test_phantom_bank_made_once_and_mixed_with_fresh_phantoms(tmp_path):
+    bank = tmp_path / "bank.npy"
+    cfg = TrainConfig(bank=str(bank), bank_size=6, bank_fraction=0.5, **TINY)
+    src = BatchSource(cfg, cfg.vae_config())
+    arr = np.load(bank)
+    assert arr.shape == (6, 32, 32) and arr.dtype == np.int16 and arr.min() >= -1100
+    x = src.batch(0)
+    assert x.shape == (8, 1, 32, 32) and 0 <= x.min() and x.max() <= 1
+    fresh = src.phantoms(0, 8)
+    assert fresh.shape == (8, 32, 32)
+    mtime = bank.stat().st_mtime_ns
+    BatchSource(cfg, cfg.vae_config())  # an existing bank is reused, not made again
+    assert bank.stat().st_mtime_ns == mtime

@@ -80,6 +80,7 @@ class TrainConfig:
     regions: list = field(default_factory=list)  # phantom regions to draw (empty: all)
     bank: str | None = None               # .npy of pre-generated phantoms (made if missing)
     bank_size: int = 20_000
+    bank_fraction: float = 1.0            # share of phantoms drawn from the bank (rest fresh)
     crop_fraction: float = 0.05           # share of phantoms cut to a small display field
     data: list = field(default_factory=list)
     real_slices: bool = False
@@ -237,16 +238,23 @@ class BatchSource:
             self.info["phantom_bank"] = {"path": str(cfg.bank), "n": len(self.bank)}
 
     def phantoms(self, step: int, n: int) -> np.ndarray:
-        """n phantom slices in HU for this step: fresh seeds, or random bank entries with a
-        random left-right flip."""
-        if self.bank is None:
-            return phantom_batch(self.phantom_seeds(step)[:n], self.mc.image_size,
-                                 self.mc.pixel_size_mm, self.cfg.regions, fit=None)
-        idx = np.sort(self.rng.integers(0, len(self.bank), n))
-        hu = self.bank[idx].astype(np.float32)
-        flip = self.rng.random(n) < 0.5
-        hu[flip] = hu[flip, :, ::-1]
-        return hu
+        """n phantom slices in HU for this step: random bank entries (a ``bank_fraction``
+        share, with a random left-right flip) and freshly generated ones (seeds beyond the
+        bank's)."""
+        n_bank = 0 if self.bank is None else int(round(n * self.cfg.bank_fraction))
+        parts = []
+        if n_bank:
+            idx = np.sort(self.rng.integers(0, len(self.bank), n_bank))
+            hu = self.bank[idx].astype(np.float32)
+            flip = self.rng.random(n_bank) < 0.5
+            hu[flip] = hu[flip, :, ::-1]
+            parts.append(hu)
+        if n > n_bank:
+            offset = 0 if self.bank is None else len(self.bank)
+            seeds = (self.phantom_seeds(step)[:n - n_bank] + offset) % TRAIN_SEEDS
+            parts.append(phantom_batch(seeds, self.mc.image_size, self.mc.pixel_size_mm,
+                                       self.cfg.regions, fit=None))
+        return np.concatenate(parts)
 
     def phantom_seeds(self, step: int) -> np.ndarray:
         """Disjoint across ranks and steps (until wrap-around), always in [0, TRAIN_SEEDS)."""
@@ -562,6 +570,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       "every batch afresh)")
     a("--bank-size", type=int, default=d.bank_size, help="phantoms in a new bank "
       "(default: %(default)s)")
+    a("--bank-fraction", type=float, default=d.bank_fraction, help="share of phantoms drawn "
+      "from --bank; the rest are generated afresh (default: %(default)s)")
     a("--crop-fraction", type=float, default=d.crop_fraction, help="share of phantoms cut to "
       "a small display field, as small-field DICOM series look (default: %(default)s)")
     a("--real-slices", action="store_true", help="mix in the real CT slices from pydicom-data "
