@@ -121,7 +121,8 @@ def test_sample_functions_tiny():
     geom_kw = dict(n_slices=2, size=32, pixel_size_mm=8.0, n_views=16, n_det=47)
     layers = truncated_sinogram(fom_mm=120.0, **geom_kw)
     kinds = [k["metadata"]["kind"] for _, k, _ in layers]
-    assert kinds == ["image", "sinogram", "sinogram_mask"]
+    assert kinds == ["image", "sinogram", "sinogram_mask", "image"]
+    assert [k["name"] for _, k, _ in layers][-1] == "uncorrected FBP (truncated)"
     sino, mask = layers[1][0], layers[2][0]
     assert sino.shape == mask.shape == (2, 16, 47)
     assert 0 < mask.mean() < 1
@@ -146,7 +147,7 @@ def test_sample_data_loads_in_viewer(make_napari_viewer):
     tiny = dict(n_slices=1, size=32, pixel_size_mm=8.0, n_views=16, n_det=47)
     viewer.open_sample("napari-lsr", "truncated_sinogram", fom_mm=120.0, **tiny)
     viewer.open_sample("napari-lsr", "metal_phantom", **tiny)
-    assert len(viewer.layers) == 1 + 3 + 4
+    assert len(viewer.layers) == 1 + 4 + 4
     sino = viewer.layers["truncated sinogram"]
     assert sino.metadata["units"] == "line integral" and "geometry" in sino.metadata
 

@@ -1,6 +1,10 @@
 """Plugin widgets in a headless napari viewer (pytest-qt + make_napari_viewer, Xvfb via
 pytest-xvfb): acquire, mask painting, LSR run / abort / errors, export. Tiny geometry
-(32 x 32 image, 24 views) and a tiny untrained prior, so each test takes seconds."""
+(32 x 32 image, 24 views) and a tiny untrained prior, so each test takes seconds.
+
+Deterministic: LSR runs here never stop early (early stopping off, so a run lasts exactly its
+step budget or until the test aborts it), and tests wait on conditions (qtbot.waitUntil),
+never on sleeps."""
 
 import json
 
@@ -39,6 +43,7 @@ def errors(monkeypatch):
     seen = []
     monkeypatch.setattr(notifications, "show_error", lambda msg: seen.append(str(msg)))
     monkeypatch.setattr(notifications, "show_info", lambda msg: None)
+    monkeypatch.setattr(notifications, "show_warning", lambda msg: None)
     return seen
 
 
@@ -164,6 +169,7 @@ def _lsr_widget(viewer, prior_file, sino, mask, steps=5, lbfgs=2):
     w.device.value = "cpu"
     w.steps.value, w.lbfgs_steps.value, w.warm_steps.value = steps, lbfgs, 3
     w.preview_every.value = 2
+    w.early_stop.value = False  # deterministic: exactly the step budget, or until aborted
     return w
 
 
@@ -323,6 +329,7 @@ def test_metal_workflow_end_to_end(make_napari_viewer, qtbot, prior_file, tmp_pa
     w.mask.value = sino_mask
     w.model.value, w.model_path.value = MODEL_FILE, prior_file
     w.steps.value, w.lbfgs_steps.value = 3, 1
+    w.early_stop.value = False
     assert w.run() is not None
     qtbot.waitUntil(lambda: w.worker is None, timeout=WAIT_MS)
     corrected = viewer.layers["clean sinogram (metal) LSR corrected"]

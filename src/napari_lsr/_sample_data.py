@@ -2,7 +2,10 @@
 sinogram with its geometry, and the real CT slice ``CT_small.dcm`` from pydicom's test data.
 
 Everything is produced by the library (phantom generator, simulate_metal,
-simulate_truncation, DICOM reader); the sizes are parameters so tests can ask for tiny ones.
+simulate_truncation, reconstruct_hu, DICOM reader); the sizes are parameters so tests can
+ask for tiny ones. Each sample opens readable: the sinogram and its mask beside the image,
+the uncorrected reconstruction on top, the ground truth (the scanned phantom) hidden below
+it, HU images in the soft-tissue window, scales in mm.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ def metal_phantom(n_slices: int = 3, size: int = 256, pixel_size_mm: float = 1.5
     stack = lambda name: np.stack([getattr(c, name) for c in cases])  # noqa: E731
     spacing = (SLICE_SPACING_MM, pixel_size_mm, pixel_size_mm)
     return [
-        image_layer(stack("metal_hu"), "phantom with metal", spacing, geom),
-        sinogram_layer(stack("sinogram"), "metal sinogram", geom, SLICE_SPACING_MM),
-        mask_layer(stack("mask"), "metal trace mask (true)", geom, SLICE_SPACING_MM),
-        image_layer(stack("uncorrected_hu"), "uncorrected FBP (metal)", spacing, geom),
+        image_layer(stack("metal_hu"), "phantom with metal", spacing, geom, visible=False),
+        sinogram_layer(stack("sinogram"), "metal sinogram", geom, SLICE_SPACING_MM, case="metal"),
+        mask_layer(stack("mask"), "metal trace mask (true)", geom, SLICE_SPACING_MM, case="metal"),
+        image_layer(stack("uncorrected_hu"), "uncorrected FBP (metal)", spacing, geom,
+                    case="metal"),
     ]
 
 
@@ -47,7 +51,9 @@ def truncated_sinogram(n_slices: int = 3, size: int = 256, pixel_size_mm: float 
                        n_views: int = 360, n_det: int = 367, fom_mm: float | None = None,
                        seed: int = 1) -> list:
     """A phantom's sinogram truncated to a field of measurement (default: 60 % of the image
-    width), with its validity mask and the phantom as ground truth."""
+    width), with its validity mask, the phantom as ground truth (hidden) and the uncorrected
+    FBP of the truncated data."""
+    from .baselines import reconstruct_hu
     from .simulate import simulate_truncation
 
     geom = sample_geometry(size, pixel_size_mm, n_views, n_det)
@@ -56,12 +62,15 @@ def truncated_sinogram(n_slices: int = 3, size: int = 256, pixel_size_mm: float 
                          slice_step=SLICE_SPACING_MM)
     case = simulate_truncation(hu, geom, fom)
     spacing = (SLICE_SPACING_MM, pixel_size_mm, pixel_size_mm)
+    fbp = reconstruct_hu(case.sinogram, geom, "shepp-logan").astype(np.float32)
     return [
-        image_layer(case.ground_truth_hu, "phantom (ground truth)", spacing, geom),
+        image_layer(case.ground_truth_hu, "phantom (ground truth)", spacing, geom, visible=False),
         sinogram_layer(case.sinogram, "truncated sinogram", geom, SLICE_SPACING_MM,
-                       fom_mm=float(fom)),
+                       fom_mm=float(fom), case="truncation"),
         mask_layer(np.broadcast_to(case.mask, case.sinogram.shape), "truncation mask", geom,
-                   SLICE_SPACING_MM, fom_mm=float(fom)),
+                   SLICE_SPACING_MM, fom_mm=float(fom), case="truncation"),
+        image_layer(fbp, "uncorrected FBP (truncated)", spacing, geom, case="truncation",
+                    fom_mm=float(fom)),
     ]
 
 

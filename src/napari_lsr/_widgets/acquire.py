@@ -1,7 +1,9 @@
 """Acquire / simulate widget: image layer (HU) -> sinogram layer with a scan geometry;
-optionally a simulated truncation or metal case; the uncorrected FBP for comparison.
+optionally a simulated truncation, metal or limited-angle case; the uncorrected FBP for
+comparison.
 
-All physics comes from the library (Projector, simulate_truncation, simulate_metal). The
+All physics comes from the library (Projector, simulate_truncation, simulate_metal,
+masks.limited_angle_mask). The
 work runs in a napari thread worker, since building a projector for a new geometry takes
 seconds; the layers are added when it returns."""
 
@@ -14,10 +16,18 @@ from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, PushBu
 from napari.qt.threading import thread_worker
 
 from .. import FanBeam, ParallelBeam, Projector, hu_to_mu, mu_to_hu
-from ._common import (add_layer, connect_layer_events, image_layer, layer_choices, layer_spacing,
-                      mask_layer, show_error, sinogram_layer)
+from ._common import (add_layer, connect_layer_events, image_layer, is_hu_layer, layer_choices,
+                      layer_spacing, mask_layer, pick, show_error, sinogram_layer, window_combo)
+from ._panel import ScrollPanel
 
-CASES = ("none", "truncation", "metal")
+CASES = ("none", "truncation", "metal", "limited angle")
+
+
+def limited_angle_keep(missing_deg: float, start_deg: float = 0.0) -> tuple:
+    """The kept angular range (for ``masks.limited_angle_mask``) when the views in
+    ``[start_deg, start_deg + missing_deg]`` are missing."""
+    eps = 1e-6
+    return (start_deg + missing_deg + eps, start_deg + 360.0 - eps)
 
 
 def build_geometry(kind: str, image_size: int, pixel_size_mm: float, n_views: int,
@@ -37,10 +47,12 @@ def build_geometry(kind: str, image_size: int, pixel_size_mm: float, n_views: in
 
 
 def simulate_scan(hu, geom, case: str = "none", fom_mm: float = 200.0, n_metal: int = 2,
-                  seed: int = 0, fbp: bool = True) -> dict:
+                  seed: int = 0, fbp: bool = True, missing_deg: float = 60.0,
+                  missing_start_deg: float = 0.0) -> dict:
     """Library calls behind the widget. ``hu`` (H, W) or (S, H, W). Returns a dict with
     ``sinogram``, ``mask`` (or None), ``image_hu`` (the scanned image, with metal if any)
-    and ``fbp_hu`` (or None)."""
+    and ``fbp_hu`` (or None). Limited angle: the views in ``[missing_start_deg,
+    missing_start_deg + missing_deg]`` (degrees, the geometry's angles) are missing (zero)."""
     hu = np.asarray(hu, np.float32)
     geom.check_image_shape(hu.shape, "image layer")
     out = {"image_hu": None, "mask": None, "fbp_hu": None}
@@ -59,6 +71,20 @@ def simulate_scan(hu, geom, case: str = "none", fom_mm: float = 200.0, n_metal: 
         pick = (lambda a: a) if hu.ndim == 3 else (lambda a: a[0])
         out.update(sinogram=pick(stack("sinogram")), mask=pick(stack("mask")),
                    image_hu=pick(stack("metal_hu")))
+    elif case == "limited angle":
+        from ..masks import limited_angle_mask
+
+        mask = limited_angle_mask(geom, limited_angle_keep(missing_deg, missing_start_deg))
+        if mask.all():
+            raise ValueError(f"no view lies in the missing arc {missing_start_deg:g} to "
+                             f"{missing_start_deg + missing_deg:g} deg of this scan "
+                             f"({geom.arc_deg:g} deg from {geom.start_deg:g} deg)")
+        if not mask.any():
+            raise ValueError(f"the missing arc of {missing_deg:g} deg covers every view of "
+                             f"this {geom.arc_deg:g} deg scan; nothing would be measured")
+        sino = Projector(geom).forward(hu_to_mu(hu)).numpy()
+        mask = np.broadcast_to(mask, sino.shape).copy()
+        out.update(sinogram=(sino * mask).astype(np.float32), mask=mask)
     elif case == "none":
         out["sinogram"] = Projector(geom).forward(hu_to_mu(hu)).numpy()
     else:
@@ -68,33 +94,51 @@ def simulate_scan(hu, geom, case: str = "none", fom_mm: float = 200.0, n_metal: 
     return out
 
 
-class AcquireWidget(Container):
+class AcquireWidget(ScrollPanel):
     """Image layer -> sinogram (+ mask, + uncorrected FBP) with a chosen scan geometry."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
         self.viewer = napari_viewer
         self.image = ComboBox(label="image (HU)", choices=layer_choices(napari_viewer, "image"))
-        self.geometry = ComboBox(label="geometry", choices=["parallel", "fan"], value="parallel")
+        self.beam = ComboBox(label="geometry", choices=["parallel", "fan"], value="parallel")
         self.n_views = SpinBox(label="views", min=1, max=10000, value=360)
         self.arc_deg = FloatSpinBox(label="arc (deg)", min=1.0, max=360.0, value=180.0)
-        self.n_det = SpinBox(label="detector bins (0 = auto)", min=0, max=16384, value=0)
-        self.det_spacing = FloatSpinBox(label="bin spacing mm (0 = pixel)", min=0.0, max=100.0,
+        self.n_det = SpinBox(label="bins (0 = auto)", min=0, max=16384, value=0)
+        self.det_spacing = FloatSpinBox(label="bin mm (0 = pixel)", min=0.0, max=100.0,
                                         step=0.1, value=0.0)
         self.case = ComboBox(label="simulate", choices=list(CASES), value="none")
         self.fom_mm = FloatSpinBox(label="FOM diameter (mm)", min=1.0, max=2000.0, value=200.0)
         self.n_metal = SpinBox(label="metal objects", min=1, max=10, value=2)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.missing_deg = FloatSpinBox(label="missing arc (deg)", min=0.5, max=360.0, step=1.0,
+                                        value=60.0)
+        self.missing_start = FloatSpinBox(label="missing from (deg)", min=-360.0, max=360.0,
+                                          step=1.0, value=0.0)
         self.show_fbp = CheckBox(text="show uncorrected FBP", value=True)
         self.run_button = PushButton(text="Simulate scan")
-        super().__init__(widgets=[self.image, self.geometry, self.n_views, self.arc_deg,
-                                  self.n_det, self.det_spacing, self.case, self.fom_mm,
-                                  self.n_metal, self.seed, self.show_fbp, self.run_button])
-        self.geometry.changed.connect(self._geometry_changed)
+        self.ct_window = window_combo(napari_viewer)
+        self.form = Container(widgets=[
+            self.image, self.beam, self.n_views, self.arc_deg, self.n_det, self.det_spacing,
+            self.case, self.fom_mm, self.n_metal, self.seed, self.missing_deg,
+            self.missing_start, self.show_fbp, self.run_button, self.ct_window])
+        self.add(self.form)
+        self.add_stretch()
+        self.beam.changed.connect(self._geometry_changed)
         self.case.changed.connect(self._case_changed)
         self.run_button.clicked.connect(self.run)
         self._case_changed()
         self.worker = None
-        connect_layer_events(napari_viewer, self)
+        connect_layer_events(napari_viewer, self.form, self._layer_inserted)
+
+    def reset_choices(self, *_):
+        self.form.reset_choices()
+
+    def _layer_inserted(self, layer):
+        """A new HU image that is not a result of this plugin becomes the image to scan."""
+        if is_hu_layer(layer) and not {"lsr", "case", "preview"} & set(layer.metadata) \
+                and "geometry" not in layer.metadata:
+            pick(self.image, layer)
 
     def _geometry_changed(self, kind):
         self.arc_deg.value = 180.0 if kind == "parallel" else 360.0
@@ -102,6 +146,7 @@ class AcquireWidget(Container):
     def _case_changed(self, *_):
         self.fom_mm.visible = self.case.value == "truncation"
         self.n_metal.visible = self.seed.visible = self.case.value == "metal"
+        self.missing_deg.visible = self.missing_start.visible = self.case.value == "limited angle"
 
     def make_geometry(self, layer):
         shape = layer.data.shape[-2:]
@@ -111,7 +156,7 @@ class AcquireWidget(Container):
         spacing = layer_spacing(layer)
         if abs(spacing[1] - spacing[2]) > 1e-6 * spacing[2]:
             raise ValueError(f"layer '{layer.name}' has non-square pixels {spacing[1:]} mm")
-        return build_geometry(self.geometry.value, shape[0], spacing[2], self.n_views.value,
+        return build_geometry(self.beam.value, shape[0], spacing[2], self.n_views.value,
                               self.arc_deg.value, self.n_det.value, self.det_spacing.value)
 
     def run(self):
@@ -129,9 +174,11 @@ class AcquireWidget(Container):
             return None
         hu = np.asarray(layer.data, np.float32)
         args = dict(case=self.case.value, fom_mm=self.fom_mm.value, n_metal=self.n_metal.value,
-                    seed=self.seed.value, fbp=self.show_fbp.value)
+                    seed=self.seed.value, fbp=self.show_fbp.value,
+                    missing_deg=self.missing_deg.value,
+                    missing_start_deg=self.missing_start.value)
         worker = thread_worker(simulate_scan, ignore_errors=True, start_thread=False)(hu, geom, **args)
-        worker.returned.connect(lambda out: self._add_layers(layer, geom, args["case"], out))
+        worker.returned.connect(lambda out: self._add_layers(layer, geom, args, out))
         worker.errored.connect(lambda e: show_error(f"simulation failed: {e}"))
         worker.finished.connect(lambda: setattr(self.run_button, "enabled", True))
         self.run_button.enabled = False
@@ -139,17 +186,26 @@ class AcquireWidget(Container):
         worker.start()
         return worker
 
-    def _add_layers(self, layer, geom, case, out):
+    def _add_layers(self, layer, geom, args, out):
+        """New layers, bottom to top: the scanned image with metal (if any), the sinogram and
+        its mask beside the image, the uncorrected FBP on top of the image."""
         spacing = layer_spacing(layer)
         name = layer.name
+        case = args["case"]
         tag = "" if case == "none" else f" ({case})"
+        extra = {}
+        if case == "truncation":
+            extra["fom_mm"] = float(args["fom_mm"])
+        elif case == "limited angle":
+            extra.update(missing_deg=float(args["missing_deg"]),
+                         missing_start_deg=float(args["missing_start_deg"]))
         if out["image_hu"] is not None:
             add_layer(self.viewer, image_layer(out["image_hu"], f"{name} with metal", spacing, geom))
         add_layer(self.viewer, sinogram_layer(out["sinogram"], f"{name} sinogram{tag}", geom,
-                                              spacing[0], source=name, case=case))
+                                              spacing[0], source=name, case=case, **extra))
         if out["mask"] is not None:
             add_layer(self.viewer, mask_layer(out["mask"], f"{name} {case} mask", geom, spacing[0],
-                                              source=name, case=case))
+                                              source=name, case=case, **extra))
         if out["fbp_hu"] is not None:
             add_layer(self.viewer, image_layer(out["fbp_hu"], f"{name} uncorrected FBP{tag}",
                                                spacing, geom, source=name, case=case))

@@ -15,7 +15,9 @@ from qtpy.QtWidgets import QMessageBox
 from .. import __version__
 from ..data import write_tiff
 from ..data.sinogram_io import sidecar_path, write_json, write_npy
-from ._common import connect_layer_events, layer_choices, layer_spacing, show_error, show_info
+from ._common import (connect_layer_events, is_hu_layer, layer_choices, layer_spacing, pick,
+                      show_error, show_info)
+from ._panel import ScrollPanel
 
 
 def export_paths(base, tiff: bool = True, npy: bool = True) -> list[Path]:
@@ -65,24 +67,36 @@ def export_layer(layer, base, tiff: bool = True, npy: bool = True,
     return written
 
 
-class ExportWidget(Container):
+class ExportWidget(ScrollPanel):
     """Export the corrected stack (TIFF and NPY) with a JSON report."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
         self.viewer = napari_viewer
         self.layer = ComboBox(label="image (HU)", choices=layer_choices(napari_viewer, "image"))
         self.path = FileEdit(label="file name", mode="w", value=Path.home() / "lsr_corrected")
         self.tiff = CheckBox(text="TIFF stack (.tif)", value=True)
         self.npy = CheckBox(text="NumPy (.npy + .json)", value=True)
         self.export_button = PushButton(text="Export")
-        super().__init__(widgets=[self.layer, self.path, self.tiff, self.npy, self.export_button])
+        self.form = Container(widgets=[self.layer, self.path, self.tiff, self.npy,
+                                       self.export_button])
+        self.add(self.form)
+        self.add_stretch()
         self.export_button.clicked.connect(self.export)
-        connect_layer_events(napari_viewer, self)
+        connect_layer_events(napari_viewer, self.form, self._layer_inserted)
+
+    def reset_choices(self, *_):
+        self.form.reset_choices()
+
+    def _layer_inserted(self, layer):
+        """A new LSR-corrected image becomes the one to export (the latest one wins)."""
+        if is_hu_layer(layer) and "lsr" in layer.metadata and not layer.metadata.get("preview"):
+            pick(self.layer, layer)
 
     def confirm_overwrite(self, existing: list[str]) -> bool:
         """Ask before replacing files (tests replace this method)."""
         answer = QMessageBox.question(
-            self.native, "Replace files?",
+            self, "Replace files?",
             "These files exist already:\n" + "\n".join(existing) + "\n\nReplace them?",
             QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No,
             QMessageBox.StandardButton.No)

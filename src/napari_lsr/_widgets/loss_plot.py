@@ -24,10 +24,10 @@ class LossPlot(QWidget):
     def __init__(self, parent=None):
         super().__init__(parent)
         self.figure = Figure(figsize=(3.2, 2.2), facecolor=_BG)
-        self.figure.subplots_adjust(left=0.2, right=0.96, top=0.95, bottom=0.15)
+        self.figure.subplots_adjust(left=0.2, right=0.96, top=0.95, bottom=0.19)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(240)
+        self.canvas.setMinimumHeight(150)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)

@@ -8,30 +8,50 @@ and updates the preview layer. So the event loop never receives one signal per s
 fast the steps are (and the plot redraws only its curve between rare axis changes). Abort
 sets the flag (the callback returns True, the engine stops after the current step) and quits
 the worker.
-Results arrive as NEW layers with unique names; nothing existing is overwritten."""
+Results arrive as NEW layers with unique names; nothing existing is overwritten: the corrected
+image on top (in the viewer's CT window), the completed sinogram beside it, the prior's image
+hidden below. The status line says how a run ended: done (steps used, final loss, why it
+stopped), aborted, or failed (in red, with the reason; the progress bar is not filled).
+
+Closing the dock or the viewer (or quitting napari) during a run aborts it and waits for the
+worker thread (at most ``STOP_TIMEOUT_S``), so no worker outlives its widgets."""
 
 from __future__ import annotations
 
 import threading
 import time
+import warnings
 from types import SimpleNamespace
 
 import napari
 import numpy as np
-from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FileEdit, FloatSpinBox, SpinBox
 from napari.qt.threading import thread_worker
-from qtpy.QtCore import QTimer
-from qtpy.QtWidgets import QHBoxLayout, QLabel, QProgressBar, QPushButton, QVBoxLayout, QWidget
+from qtpy.QtCore import QEvent, Qt, QTimer
+from qtpy.QtWidgets import QApplication, QHBoxLayout, QLabel, QProgressBar, QPushButton
+from superqt import QCollapsible
 
 from ._common import (add_layer, connect_layer_events, image_layer, layer_choices,
-                      layer_geometry, layer_spacing, show_error, show_info, sinogram_layer,
-                      unique_name)
+                      layer_geometry, layer_kind, layer_spacing, pick, show_error, show_info,
+                      show_warning, sinogram_layer, window_combo)
+from ._panel import ScrollPanel
 from .loss_plot import LossPlot
 
 DEFAULT_MODEL = "bundled default"
 MODEL_FILE = "file..."
 REFRESH_MS = 200  # 5 Hz
 FIRST_POINT_MS = 50  # poll faster until the first loss point has been shown
+STOP_TIMEOUT_S = 10.0  # closing: wait this long for the worker to stop after the abort flag
+STATUS_COLOURS = {"failed": "#ff6b6b", "aborted": "#ffb347", "done": "#8fd18f"}
+
+
+def engine_accepts(name: str) -> bool:
+    """Whether ``lsr_correct`` takes the keyword ``name`` (the engine grows options)."""
+    import inspect
+
+    from .. import lsr_correct
+
+    return name in inspect.signature(lsr_correct).parameters
 
 
 def run_engine(sino, mask, geom, model, opts: dict, warm_steps, callback):
@@ -58,7 +78,33 @@ def run_engine(sino, mask, geom, model, opts: dict, warm_steps, callback):
         stopped=False, image_hu=np.stack([r.image_hu for r in results]),
         generated_hu=np.stack([r.generated_hu for r in results]),
         sinogram=np.stack([r.sinogram for r in results]),
-        loss_history=[r.loss_history for r in results])
+        loss_history=[r.loss_history for r in results],
+        fits=[r.fit for r in results if getattr(r, "fit", None) is not None])
+
+
+def describe_stop(res, steps_used: int, total: int, opts: dict) -> tuple[str, list]:
+    """Why a finished run stopped, in words, and the engine's warnings about the fit. Uses
+    the engine's fit reports (``res.fit`` / ``res.fits``) when it gives them, else the step
+    count against the budget."""
+    fits = list(getattr(res, "fits", None) or [])
+    if not fits and getattr(res, "fit", None) is not None:
+        fits = [res.fit]
+    warnings_ = []
+    for f in fits:
+        warnings_ += [w for w in getattr(f, "warnings", []) if w not in warnings_]
+    if len(fits) == 1:
+        f = fits[0]
+        return (getattr(f, "stop_detail", "") or str(f.stop_reason)), warnings_
+    if fits:
+        counts = {}
+        for f in fits:
+            counts[f.stop_reason] = counts.get(f.stop_reason, 0) + 1
+        parts = ", ".join(f"{reason} on {n}" for reason, n in counts.items())
+        return f"{parts} of {len(fits)} slices", warnings_
+    if steps_used < total and opts.get("early_stop", True) and "tol" in opts:
+        return (f"stopped early: loss gain below {opts['tol'] * 100:g} % over "
+                f"{opts['patience']} steps"), warnings_
+    return "all steps used" if steps_used >= total else "stopped early", warnings_
 
 
 class _Progress:
@@ -92,7 +138,53 @@ class _Progress:
             return losses, preview, self.count, self.slice
 
 
-class LSRWidget(QWidget):
+class _RunState:
+    """What the closing hooks need, kept off the widget (they may run while it is deleted):
+    the abort flag, the worker and an event set in the worker thread when it has finished."""
+
+    def __init__(self):
+        self.abort = threading.Event()
+        self.finished = threading.Event()
+        self.finished.set()
+        self.worker = None
+        self.closing = False  # the widget is being deleted: GUI slots must not touch it
+
+    def start(self, worker):
+        self.abort.clear()
+        self.finished.clear()
+        self.worker = worker
+        self.closing = False
+        # direct: set in the worker thread, so a blocked GUI thread can wait for it
+        worker.finished.connect(self.finished.set, Qt.ConnectionType.DirectConnection)
+
+    def stop(self) -> bool:
+        """True when the run should stop (abort pressed, or the worker asked to quit, e.g.
+        by ``WorkerBase.await_workers``)."""
+        worker = self.worker
+        return self.abort.is_set() or (worker is not None and worker.abort_requested)
+
+    def shutdown(self, *_, final: bool = True, timeout_s: float = STOP_TIMEOUT_S) -> bool:
+        """Abort the run and wait for its worker thread: the dock was closed (``final``
+        False: the widget lives on, its slots still run) or the widget, the viewer's window
+        or the application is going away (``final``). True when no worker is left running."""
+        if final:
+            self.closing = True
+        worker = self.worker
+        if worker is None or self.finished.is_set():
+            return True
+        self.abort.set()
+        try:
+            worker.quit()
+        except RuntimeError:
+            pass
+        if self.finished.wait(timeout_s):
+            return True
+        warnings.warn(f"napari-lsr: the LSR worker did not stop within {timeout_s:g} s of "
+                      "closing (the current step is still running)", RuntimeWarning, stacklevel=2)
+        return False
+
+
+class LSRWidget(ScrollPanel):
     """Sinogram + mask layers -> LSR-corrected image, prior image and completed sinogram."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
@@ -103,21 +195,30 @@ class LSRWidget(QWidget):
         self.mask = ComboBox(label="mask (1 = valid)", choices=layer_choices(v, "sinogram_mask"))
         self.model = ComboBox(label="prior", choices=[DEFAULT_MODEL, MODEL_FILE], value=DEFAULT_MODEL)
         self.model_path = FileEdit(label="prior file", mode="r", filter="*.pt", visible=False)
-        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.steps = SpinBox(label="Adam steps", min=0, max=100000, value=500)
         self.lbfgs_steps = SpinBox(label="L-BFGS steps", min=0, max=10000, value=20)
         self.slices = ComboBox(label="slices", choices=["current slice", "all slices"],
                                value="all slices")
         self.warm_start = CheckBox(text="warm start across slices", value=True)
         self.warm_steps = SpinBox(label="Adam steps (warm)", min=0, max=100000, value=50)
+        self.params = Container(widgets=[
+            self.sinogram, self.mask, self.model, self.model_path, self.steps,
+            self.lbfgs_steps, self.slices, self.warm_start, self.warm_steps])
+        # less used settings, collapsed by default
+        self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
+        self.early_stop = CheckBox(text="stop early when the loss stalls", value=True)
+        self.tol_pct = FloatSpinBox(label="stalled: gain below (%)", min=0.0, max=100.0,
+                                    step=0.001, value=0.01)
+        self.patience = SpinBox(label="stalled: over (steps)", min=1, max=100000, value=50)
         self.preview_every = SpinBox(label="preview every (steps)", min=1, max=1000, value=10)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
-        self.params = Container(widgets=[
-            self.sinogram, self.mask, self.model, self.model_path, self.device, self.steps,
-            self.lbfgs_steps, self.slices, self.warm_start, self.warm_steps,
-            self.preview_every, self.seed])
+        self.more = Container(widgets=[self.device, self.early_stop, self.tol_pct,
+                                       self.patience, self.preview_every, self.seed])
+        self.more_section = QCollapsible("More settings")
+        self.more_section.addWidget(self.more.native)
         self.model.changed.connect(lambda val: setattr(self.model_path, "visible", val == MODEL_FILE))
         self.warm_start.changed.connect(lambda val: setattr(self.warm_steps, "enabled", val))
+        self.early_stop.changed.connect(self._early_stop_changed)
 
         self.run_button = QPushButton("Run")
         self.abort_button = QPushButton("Abort")
@@ -126,22 +227,26 @@ class LSRWidget(QWidget):
         self.abort_button.clicked.connect(self.abort)
         self.status = QLabel("ready")
         self.status.setWordWrap(True)
+        self.state = "ready"  # ready | running | done | aborted | failed
         # A plain Qt bar, not napari.utils.progress: napari's activity indicator is an
         # animated GIF whose frames repaint the whole (OpenGL-composited) window ~40 times a
         # second; with software OpenGL that took half the GUI thread (benchmarks/ui.py).
         self.progress_bar = QProgressBar()
         self.progress_bar.setTextVisible(True)
+        self.view_options = Container(widgets=[window_combo(v)])
+        self.ct_window = self.view_options[0]
         self.plot = LossPlot(self)
 
         buttons = QHBoxLayout()
         buttons.addWidget(self.run_button)
         buttons.addWidget(self.abort_button)
-        layout = QVBoxLayout(self)
-        layout.addWidget(self.params.native)
-        layout.addLayout(buttons)
-        layout.addWidget(self.progress_bar)
-        layout.addWidget(self.status)
-        layout.addWidget(self.plot, stretch=1)
+        self.add(self.params)
+        self.add(self.more_section)
+        self.add(buttons)
+        self.add(self.progress_bar)
+        self.add(self.status)
+        self.add(self.plot, stretch=1)
+        self.add(self.view_options)
 
         self.timer = QTimer(self)
         self.timer.setInterval(REFRESH_MS)
@@ -150,14 +255,46 @@ class LSRWidget(QWidget):
         self.preview_layer = None
         self._preview_for = None
         self._pending_preview = None
+        self._error = None
+        self._plan = None
         self.run_started = None
-        self._abort = threading.Event()
+        self._run = _RunState()
+        self._abort = self._run.abort
         self._buf = _Progress(10)
         self._models = {}
-        connect_layer_events(v, self.params)
+        connect_layer_events(v, self.params, self._layer_inserted)
+        self._install_close_hooks()
 
     def reset_choices(self, *_):
         self.params.reset_choices()
+
+    def _early_stop_changed(self, on):
+        self.tol_pct.enabled = self.patience.enabled = bool(on)
+
+    def _layer_inserted(self, layer):
+        """A new sinogram (not an LSR result) or mask becomes the input."""
+        if self.worker is not None or "lsr" in layer.metadata:
+            return
+        if layer_kind(layer) == "sinogram":
+            pick(self.sinogram, layer)
+        elif layer_kind(layer) == "sinogram_mask":
+            pick(self.mask, layer)
+
+    def _install_close_hooks(self):
+        """Abort and join a running worker when this widget goes away: deleted (the viewer's
+        window deletes its docks when it closes), taken out of its dock (napari's dock close
+        button un-parents the widget), or the application quits. The hooks hold the run
+        state only, never the widget."""
+        shutdown = self._run.shutdown
+        self.destroyed.connect(lambda *_: shutdown())
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(lambda: shutdown())
+
+    def event(self, ev):
+        if ev.type() == QEvent.Type.ParentChange and self.parentWidget() is None:
+            self._run.shutdown(final=False)  # un-docked: stop the run, keep the widget
+        return super().event(ev)
 
     # -- model --------------------------------------------------------------------------------
     def _model_key(self):
@@ -214,6 +351,18 @@ class LSRWidget(QWidget):
         check_inputs(sino, mask, geom)
         return sino, mask, geom, index
 
+    def _options(self) -> dict:
+        """Engine options from the widget: steps, device, seed and early stopping."""
+        opts = dict(steps=self.steps.value, lbfgs_steps=self.lbfgs_steps.value,
+                    device=self.device.value, seed=self.seed.value)
+        if self.early_stop.value:
+            opts.update(tol=self.tol_pct.value / 100.0, patience=self.patience.value)
+        elif engine_accepts("early_stop"):
+            opts["early_stop"] = False
+        else:  # the stall test needs more than `patience` steps: never reached
+            opts.update(tol=0.0, patience=max(self.steps.value, self.warm_steps.value) + 1)
+        return opts
+
     # -- run ----------------------------------------------------------------------------------
     def run(self):
         """Start a run; returns the worker, or None (with an error notification) when the
@@ -228,23 +377,23 @@ class LSRWidget(QWidget):
             show_error(str(e))
             return None
         sino_layer = self.sinogram.value
-        opts = dict(steps=self.steps.value, lbfgs_steps=self.lbfgs_steps.value,
-                    device=self.device.value, seed=self.seed.value)
+        opts = self._options()
         n_slices = sino.shape[0] if sino.ndim == 3 else 1
         warm_steps = self.warm_steps.value if self.warm_start.value else None
         per_slice = opts["steps"] + opts["lbfgs_steps"]
         later = per_slice if warm_steps is None else warm_steps + opts["lbfgs_steps"]
         total = per_slice + (n_slices - 1) * later
 
-        self._abort.clear()
         self._buf = _Progress(self.preview_every.value)
         self._preview_for = (geom, sino_layer)
         self._pending_preview = None
-        buf, abort = self._buf, self._abort
+        self._error = None
+        self._plan = {"total": total, "opts": opts, "result": None}
+        buf, run_state = self._buf, self._run
 
         def step_callback(slice_index, step, loss, preview_hu):
             buf.add(slice_index, loss, preview_hu)
-            return abort.is_set()
+            return run_state.stop()
 
         def work():
             buf.work_start_time = time.perf_counter()
@@ -257,12 +406,15 @@ class LSRWidget(QWidget):
         worker.errored.connect(self._on_error)
         worker.finished.connect(self._on_finished)
         self.worker = worker
+        self._run.start(worker)
         self.run_started = time.perf_counter()
         worker.start()  # first, so the GUI work below overlaps with the engine's start
         self.run_button.setEnabled(False)
         self.abort_button.setEnabled(True)
-        self.status.setText("loading the prior..." if key not in self._models else "running...")
+        self._set_status("loading the prior..." if key not in self._models else "running...",
+                         "running")
         self.plot.clear()  # drawn with the first point
+        self.progress_bar.setFormat("%p%")
         self.progress_bar.setRange(0, total)
         self.progress_bar.setValue(0)
         self.timer.start(FIRST_POINT_MS)
@@ -274,9 +426,15 @@ class LSRWidget(QWidget):
             return
         self._abort.set()
         self.worker.quit()
-        self.status.setText("aborting...")
+        self._set_status("aborting...", "running")
 
     # -- GUI-thread updates -----------------------------------------------------------------
+    def _set_status(self, text: str, state: str):
+        self.state = state
+        colour = STATUS_COLOURS.get(state)
+        self.status.setStyleSheet(f"color: {colour};" if colour else "")
+        self.status.setText(text)
+
     def _show_preview(self, image_hu, geom, sino_layer):
         layer = self.preview_layer
         if layer is not None and layer in self.viewer.layers and layer.data.shape == image_hu.shape:
@@ -284,18 +442,21 @@ class LSRWidget(QWidget):
             return
         spacing = layer_spacing(sino_layer)
         spacing = [spacing[0], geom.pixel_size_mm, geom.pixel_size_mm]
-        data, kwargs, _ = image_layer(image_hu, "LSR preview", spacing, geom, preview=True)
-        kwargs["name"] = unique_name(self.viewer, kwargs["name"])
-        self.preview_layer = self.viewer.add_image(data, **kwargs)
+        self.preview_layer = add_layer(self.viewer, image_layer(image_hu, "LSR preview", spacing,
+                                                                geom, preview=True))
 
     def _drain(self):
+        if self._run.closing:
+            return
         losses, preview, count, slice_index = self._buf.take()
         first = False
         if losses:
             self.plot.extend(losses)
             self.plot.redraw()
             self.progress_bar.setValue(min(count, self.progress_bar.maximum()))
-            self.status.setText(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}")
+            if not self._abort.is_set():
+                self._set_status(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}",
+                                 "running")
             if self._buf.first_point_time is None:
                 self._buf.first_point_time = time.perf_counter()
                 self.timer.setInterval(REFRESH_MS)
@@ -309,40 +470,71 @@ class LSRWidget(QWidget):
             self._pending_preview = None
 
     def _on_result(self, res, sino_layer, geom, index, settings):
-        if res.stopped:
+        if self._run.closing or res.stopped:
             return
+        self._plan["result"] = res
         z = layer_spacing(sino_layer)[0]
         spacing = [z, geom.pixel_size_mm, geom.pixel_size_mm]
         history = res.loss_history
         final = history[-1][-1] if history and isinstance(history[0], list) else \
             (history[-1] if history else None)
-        info = {"lsr": {**settings, "final_loss": final}}
+        info = {"lsr": {**settings, "final_loss": final, "steps_used": self._buf.count}}
         base = sino_layer.name + ("" if index is None else f" [slice {index}]")
-        add_layer(self.viewer, image_layer(res.image_hu, f"{base} LSR corrected", spacing, geom, **info))
-        add_layer(self.viewer, image_layer(res.generated_hu, f"{base} LSR prior", spacing, geom, **info))
-        add_layer(self.viewer, sinogram_layer(res.sinogram, f"{base} LSR completed sinogram",
-                                              geom, z, **info))
+        try:
+            # bottom to top: the prior's image (hidden), the completed sinogram (beside the
+            # image), the corrected image on top
+            add_layer(self.viewer, image_layer(res.generated_hu, f"{base} LSR prior", spacing,
+                                               geom, visible=False, **info))
+            add_layer(self.viewer, sinogram_layer(res.sinogram, f"{base} LSR completed sinogram",
+                                                  geom, z, **info))
+            corrected = add_layer(self.viewer, image_layer(res.image_hu, f"{base} LSR corrected",
+                                                           spacing, geom, **info))
+            self.viewer.layers.selection.active = corrected
+        except Exception as e:  # noqa: BLE001 - reported, not raised into Qt
+            self._on_error(RuntimeError(f"the result layers could not be added: {e}"))
 
     def _on_error(self, exc):
-        msg = str(exc) if isinstance(exc, (ValueError, FileNotFoundError)) else \
-            f"{type(exc).__name__}: {exc}"
+        if self._run.closing:
+            return
+        msg = str(exc) if isinstance(exc, (ValueError, FileNotFoundError, RuntimeError)) and \
+            str(exc) else f"{type(exc).__name__}: {exc}"
+        self._error = msg
         show_error(f"LSR failed: {msg}")
 
     def _on_finished(self):
+        if self._run.closing:
+            return
         self._drain()
         self.timer.stop()
-        aborted = self._abort.is_set()
-        if not aborted:
-            self.progress_bar.setValue(self.progress_bar.maximum())
         n = self._buf.count
-        self.status.setText(f"aborted after {n} steps (no layers added)" if aborted else
-                            f"done: {n} steps")
-        if aborted:
+        plan = self._plan or {"total": n, "result": None}
+        final = f"{self.plot.y[-1]:.3g}" if self.plot.y else "-"
+        if self._error is not None:
+            self.progress_bar.setFormat(f"failed at step {n}")
+            self._set_status(f"failed: {self._error}", "failed")
+        elif self._abort.is_set():
+            self.progress_bar.setFormat(f"aborted at step {n}")
+            self._set_status(f"aborted after {n} steps (no layers added); last loss {final}",
+                             "aborted")
             show_info(f"LSR aborted after {n} steps")
+        elif plan["result"] is None:  # finished without a result nor an error
+            self.progress_bar.setFormat("no result")
+            self._set_status("failed: the run ended without a result", "failed")
+            show_error("LSR failed: the run ended without a result")
+        else:
+            self.progress_bar.setValue(self.progress_bar.maximum())
+            self.progress_bar.setFormat(f"done: {n} steps")
+            why, warned = describe_stop(plan["result"], n, plan["total"], plan["opts"])
+            text = f"done: {n} of {plan['total']} steps, final loss {final} ({why})"
+            if warned:
+                text += "; WARNING: " + " ".join(warned)
+                show_warning("LSR: " + " ".join(warned))
+            self._set_status(text, "done")
         if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
             self.viewer.layers.remove(self.preview_layer)
         self.preview_layer = None
         self._preview_for = None
         self.worker = None
+        self._run.worker = None
         self.run_button.setEnabled(True)
         self.abort_button.setEnabled(False)

@@ -14,14 +14,16 @@ from napari.layers import Labels
 from qtpy.QtCore import QTimer
 
 from .. import masks
-from ._common import (add_layer, connect_layer_events, layer_choices, layer_geometry,
-                      layer_spacing, mask_layer, show_error, unique_name)
+from ._common import (add_layer, connect_layer_events, is_hu_layer, layer_choices,
+                      layer_geometry, layer_spacing, mask_layer, pick, show_error, unique_name)
+from ._panel import ScrollPanel
 
 
-class MaskWidget(Container):
+class MaskWidget(ScrollPanel):
     """Threshold -> paintable metal labels -> sinogram mask."""
 
     def __init__(self, napari_viewer: napari.viewer.Viewer):
+        super().__init__()
         self.viewer = napari_viewer
         self.recon = ComboBox(label="reconstruction (HU)",
                               choices=layer_choices(napari_viewer, "image"))
@@ -34,9 +36,11 @@ class MaskWidget(Container):
         self.dilation_bins = SpinBox(label="trace dilation (bins)", min=0, max=20, value=1)
         self.live = CheckBox(text="update mask while painting", value=True)
         self.mask_button = PushButton(text="Labels -> sinogram mask")
-        super().__init__(widgets=[self.recon, self.threshold, self.dilation_px,
-                                  self.threshold_button, self.labels_layer, self.dilation_bins,
-                                  self.live, self.mask_button])
+        self.form = Container(widgets=[self.recon, self.threshold, self.dilation_px,
+                                       self.threshold_button, self.labels_layer,
+                                       self.dilation_bins, self.live, self.mask_button])
+        self.add(self.form)
+        self.add_stretch()
         self.threshold_button.clicked.connect(self.make_labels)
         self.mask_button.clicked.connect(lambda: self.update_mask())
         self.labels_layer.changed.connect(self._watch_labels)
@@ -46,7 +50,15 @@ class MaskWidget(Container):
         self._debounce.setSingleShot(True)
         self._debounce.setInterval(300)
         self._debounce.timeout.connect(lambda: self.update_mask(quiet=True))
-        connect_layer_events(napari_viewer, self)
+        connect_layer_events(napari_viewer, self.form, self._layer_inserted)
+
+    def reset_choices(self, *_):
+        self.form.reset_choices()
+
+    def _layer_inserted(self, layer):
+        """The uncorrected reconstruction of a metal scan becomes the one to threshold."""
+        if is_hu_layer(layer) and layer.metadata.get("case") == "metal":
+            pick(self.recon, layer)
 
     # -- threshold -> labels ----------------------------------------------------------------
     def make_labels(self):
