@@ -742,7 +742,20 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="Table-1 style evaluation against baselines on held-out data")
     add_evaluate_arguments(ev)
     ev.set_defaults(func=run_evaluate)
+
+    vw = sub.add_parser("view", help="open napari with the plugin's docks and a sample (or FILE)")
+    vw.add_argument("path", nargs="?", default=None,
+                    help="CT volume (TIFF, NPY, DICOM file/folder) or sinogram file to open")
+    vw.add_argument("--sample", choices=["truncation", "metal", "ct", "none"], default="truncation",
+                    help="sample to open when no FILE is given (default: truncation)")
+    vw.set_defaults(func=run_view)
     return parser
+
+
+def run_view(args) -> int:
+    from ._viewer import run_view as view
+
+    return view(args.path, sample=args.sample)
 
 
 def _oom_text(err: BaseException) -> str:
