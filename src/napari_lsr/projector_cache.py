@@ -115,6 +115,9 @@ def load(key: str, names=None) -> Optional[Dict[str, np.ndarray]]:
             header = json.loads(f.read(n).decode())
         if header.get("format") != FORMAT_VERSION or header.get("key") != key:
             raise ValueError("header does not match the key")
+        listed = {spec["name"] for spec in header["arrays"]}
+        if names is not None and set(names) - listed:
+            return None  # the file lacks some arrays (e.g. the transpose): caller builds them
         out = {}
         for spec in header["arrays"]:
             if names is not None and spec["name"] not in names:
@@ -131,8 +134,6 @@ def load(key: str, names=None) -> Optional[Dict[str, np.ndarray]]:
             if _crc(a) != int(spec["crc32"]):
                 raise ValueError(f"checksum of array {spec['name']} does not match")
             out[spec["name"]] = a
-        if names is not None and set(names) - set(out):
-            return None  # file lacks some arrays: caller builds them
     except Exception as e:  # noqa: BLE001 - any failure to read means: rebuild
         _discard(path, f"{type(e).__name__}: {e}")
         return None
