@@ -11,7 +11,8 @@ Cases: 256x256/360 views parallel and fan (the reference rows of earlier runs; a
 ``method="stored"``, the previous whole-matrix layout), 512x512/720 views parallel and
 512x512/1000 views fan with 900 channels, the clinical 0.9 mm grid on a 900-channel scanner
 (extended detector, 1232 channels) and a matrix-free row. The projector gets a 2 GB budget
-(``memory_budget_bytes``), the laptop setting. Peers: scikit-image ``radon`` (forward only,
+(``memory_budget_bytes``), the laptop setting. Also 512x512/1200 views and the single-row
+fan-beam scan of issue 10 (256x256 at 0.96 mm, 720 views, 900 channels). Peers: scikit-image ``radon`` (forward only,
 parallel) and torchskradon (forward+backward) where installed.
 
     taskset -c 1 python benchmarks/projector.py [--quick] [--threads 1]
@@ -49,6 +50,9 @@ def cases(quick: bool):
                                     sid_mm=595.0, sdd_mm=1085.6), "auto", False),
         ("256/360 parallel", None, "stored", False),
         ("256/360 fan", None, "stored", False),
+        # issue 10: a single-row fan-beam scan that took 25 s of set-up in every process
+        ("256/720 fan 900ch (issue 10)", lsr.FanBeam(image_size=256, pixel_size_mm=0.96, n_views=720, n_det=900,
+                                                     det_spacing_mm=1.0, sid_mm=540.0, sdd_mm=950.0), "auto", False),
     ]
     if not quick:
         clinical, _, _ = extend_detector(dict(type="FanBeam", image_size=512, pixel_size_mm=0.9, n_views=1000,
@@ -59,6 +63,8 @@ def cases(quick: bool):
             ("512/1000 fan 900ch", lsr.FanBeam(image_size=512, pixel_size_mm=0.67, n_views=1000, n_det=900,
                                                det_spacing_mm=1.0, sid_mm=540.0, sdd_mm=950.0), "auto", True),
             ("512/1000 fan 0.9mm extended", clinical, "auto", True),
+            ("512/1200 fan 900ch", lsr.FanBeam(image_size=512, pixel_size_mm=0.67, n_views=1200, n_det=900,
+                                               det_spacing_mm=1.0, sid_mm=540.0, sdd_mm=950.0), "auto", True),
             ("512/720 parallel 900ch", None, "matrix-free", False),
         ]
     named = {}
@@ -240,7 +246,7 @@ def main(argv=None):
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({
-        "machine": {"torch_threads": args.threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+        "machine": {"load_average_at_end": os.getloadavg(), "torch_threads": args.threads, "cpu_count": os.cpu_count(), "platform": platform.platform(),
                     "torch": torch.__version__, "affinity": sorted(os.sched_getaffinity(0))},
         "budget_bytes": BUDGET,
         "note": ("peak_mb: growth of the child's VmHWM over its RSS after imports (build: cold disk "

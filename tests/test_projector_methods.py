@@ -189,3 +189,30 @@ def test_cuda_matches_cpu(name, method):
     xg = x.cuda().requires_grad_(True)
     gpu.forward(xg).square().sum().backward()
     assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
+def test_clinical_estimates_fit_a_laptop_without_building(monkeypatch):
+    """512^2 with 720-1200 views and 900 channels: the plan (made in well under a second,
+    nothing built) stores a symmetric subset within 2 GB."""
+    monkeypatch.setattr(ops, "build_rows", lambda *a, **k: pytest.fail("built"))
+    monkeypatch.setattr(pj, "available_memory_bytes", lambda device=None: int(8e9))
+    for geom in (
+        lsr.ParallelBeam(image_size=512, pixel_size_mm=0.9, n_views=720, n_det=900, det_spacing_mm=0.75),
+        lsr.FanBeam(image_size=512, pixel_size_mm=0.67, n_views=1000, n_det=900, det_spacing_mm=1.0,
+                    sid_mm=540.0, sdd_mm=950.0),
+        lsr.FanBeam(image_size=512, pixel_size_mm=0.67, n_views=1200, n_det=900, det_spacing_mm=1.0,
+                    sid_mm=540.0, sdd_mm=950.0, det_offset_mm=0.25),
+    ):
+        est = pj.estimate_projector_memory(geom, memory_budget_bytes=int(2e9))
+        assert est.method == "symmetric" and est.peak_bytes <= 2e9, est
+        assert est.n_stored_views <= geom.n_views // 4 + 1
+        stored = pj.estimate_projector_memory(geom, method="stored", memory_budget_bytes=int(2e9))
+        assert stored.peak_bytes > 3e9  # the whole matrix would not fit
+
+
+def test_memory_budget_from_environment(monkeypatch):
+    monkeypatch.setenv("NAPARI_LSR_PROJECTOR_MEMORY_GB", "1.5")
+    assert pj.default_memory_budget() == int(1.5e9)
+    monkeypatch.delenv("NAPARI_LSR_PROJECTOR_MEMORY_GB")
+    assert 2e9 <= pj.default_memory_budget() <= 8e9
+    assert pj.available_memory_bytes() is None or pj.available_memory_bytes() > 0

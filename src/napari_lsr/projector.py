@@ -220,7 +220,9 @@ def _plan(geom: Geometry, kind: str, method: str, device, budget: int, reserved:
         return nnz, held, build, cached
 
     def matrix_free(s):
-        return tables(s) + P * 8 * 2 + MATRIX_FREE_CHUNK_BYTES
+        # chunks of views: at least one view's temporaries for one image (float32)
+        one_view = P * ((ops.max_bins(geom, kind) + 1) * 4 * (12 + len(s.maps)) + 80)
+        return tables(s) + P * 8 * 2 + max(MATRIX_FREE_CHUNK_BYTES, one_view)
 
     label = "stored" if sym.trivial else "symmetric"
     cands = []  # (method, transpose, nnz, held, build, cached)
@@ -355,7 +357,8 @@ def _cached_operator(geom: Geometry, est: MemoryEstimate, sym, dtype, device) ->
             twin = (est.kind, geom, est.method, est.transpose_stored, torch.float32, "cpu")
             with _CACHE_LOCK:
                 base = _CACHE.get(twin)
-            if base is not None and dtype != torch.float32:  # float64 (or device) copy of a float32 op
+            if base is not None and (dtype != torch.float32 or str(device) != "cpu"):
+                # a float64 or device copy of the float32 CPU operator: reuse its arrays
                 rows = (base.matrix.crow_indices().numpy(), base.matrix.col_indices().numpy(),
                         base.matrix.values().numpy())
                 t = None if base.matrix_t is None else (base.matrix_t.crow_indices().numpy(),
@@ -371,7 +374,10 @@ def _cached_operator(geom: Geometry, est: MemoryEstimate, sym, dtype, device) ->
         op.source = source
         with _CACHE_LOCK:
             _CACHE[key] = op
-            while len(_CACHE) > _CACHE_SIZE:
+            # at most a few operators, and (beyond the newest) within the memory budget
+            limit = max(default_memory_budget(), est.budget_bytes)
+            while len(_CACHE) > _CACHE_SIZE or (
+                    len(_CACHE) > 1 and sum(o.nbytes for o in _CACHE.values()) > limit):
                 _CACHE.popitem(last=False)
             _BUILD_LOCKS.pop(key, None)
         return op
