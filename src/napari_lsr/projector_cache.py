@@ -191,6 +191,10 @@ def store(key: str, arrays: Dict[str, np.ndarray], meta: Optional[dict] = None) 
                 break
             header_len = len(header) + 1024
         fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            os.chmod(tmp, 0o644)  # mkstemp makes 0600; a shared cache folder needs readers
+        except OSError:
+            pass
         with os.fdopen(fd, "wb") as f:
             f.write(MAGIC + len(header).to_bytes(8, "little") + header)
             for s, a in zip(specs, arrays.values()):
