@@ -169,3 +169,12 @@ def test_extended_geometry_runs_in_the_projector():
     measured = crop_sinogram(sino, left, right)
     s, m = pad_sinogram(measured.numpy(), left, right)
     assert s.shape == ext.sino_shape and m[:, :left].sum() == 0 and m[:, left:left + 41].all()
+
+
+def test_geometry_dict_without_a_required_field_is_refused():
+    from napari_lsr.geometry import ParallelBeam, geometry_from_dict
+    d = ParallelBeam(image_size=16, pixel_size_mm=2.0, n_views=8, n_det=25,
+                     det_spacing_mm=2.0).to_dict()
+    del d["pixel_size_mm"]
+    with pytest.raises(ValueError, match="missing the required field.*pixel_size_mm"):
+        geometry_from_dict(d)

@@ -7,8 +7,9 @@ lazily so ``import napari_lsr`` stays fast and never touches Qt.
 
 from importlib import import_module
 
-from .geometry import FanBeam, ParallelBeam, geometry_from_dict, geometry_from_json
-from .projector import Projector
+from .geometry import (FanBeam, ParallelBeam, crop_sinogram, extend_detector, geometry_from_dict,
+                       geometry_from_json, pad_sinogram)
+from .projector import Projector, ProjectorMemoryError, estimate_projector_memory
 from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
 
 __version__ = "0.1.0"
@@ -25,7 +26,9 @@ _LAZY_ATTRS = {
 _LAZY_MODULES = {"masks", "simulate", "baselines", "metrics", "model", "data", "lsr", "evaluate", "train"}
 
 __all__ = [
-    "ParallelBeam", "FanBeam", "geometry_from_dict", "geometry_from_json", "Projector",
+    "ParallelBeam", "FanBeam", "geometry_from_dict", "geometry_from_json", "extend_detector",
+    "pad_sinogram", "crop_sinogram", "Projector", "estimate_projector_memory",
+    "ProjectorMemoryError",
     "hu_to_mu", "mu_to_hu", "MU_WATER_PER_MM", *_LAZY_ATTRS, *sorted(_LAZY_MODULES),
 ]
 

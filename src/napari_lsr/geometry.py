@@ -234,6 +234,10 @@ Geometry = Union[ParallelBeam, FanBeam]
 _TYPES = {"ParallelBeam": ParallelBeam, "FanBeam": FanBeam}
 
 
+_REQUIRED = {"ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),
+             "FanBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm", "sid_mm", "sdd_mm")}
+
+
 def geometry_from_dict(d: dict) -> Geometry:
     """Rebuild a geometry from :meth:`to_dict` output; clear error on unknown content."""
     if not isinstance(d, dict):
@@ -247,6 +251,11 @@ def geometry_from_dict(d: dict) -> Geometry:
     unknown = set(d) - fields
     if unknown:
         raise ValueError(f"unknown {kind} geometry fields: {sorted(unknown)}")
+    need = list(_REQUIRED[kind]) + ([] if d.get("angles_deg") is not None else ["n_views", "arc_deg"])
+    missing = [k for k in need if d.get(k) is None]
+    if missing:
+        raise ValueError(f"{kind} geometry is missing the required field(s) {', '.join(missing)} "
+                         "(lengths in mm, angles in degrees); nothing is assumed for them")
     if d.get("angles_deg") is not None:
         d["angles_deg"] = tuple(d["angles_deg"])
     return cls(**d)
