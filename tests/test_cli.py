@@ -213,6 +213,29 @@ def test_correct_sinogram_with_nan_in_the_missing_part(tmp_path, tiny_model_path
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp files left
 
 
+def test_correct_sinogram_on_a_grid_larger_than_the_measured_field(tmp_path, tiny_model_path, capsys):
+    """A real truncated scan: 25 measured bins, the wanted grid needs 47. The detector is
+    extended virtually (added bins missing) and LSR fills them in; the run says so."""
+    _, _, _, sino, _ = _sino_files(tmp_path, n=1)
+    measured = sino[:, :, 11:36]  # the 25 central bins of the 47
+    np.save(tmp_path / "short.npy", measured)
+    scan = GEOM.to_dict()
+    scan["n_det"] = 25
+    (tmp_path / "scan.json").write_text(json.dumps(scan))
+    out = tmp_path / "ext.tif"
+    code = main(["correct", "--sinogram", str(tmp_path / "short.npy"), "--geometry",
+                 str(tmp_path / "scan.json"), "--fom-mm", "1000", "--out", str(out),
+                 "--sinogram-out", str(tmp_path / "ext_sino.tif"), "--model", tiny_model_path, *TINY])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "extended virtually by 11 + 11 bins" in cap.out
+    completed = tifffile.imread(tmp_path / "ext_sino.tif").reshape(1, 20, 47)
+    assert np.array_equal(completed[:, :, 11:36], measured)  # measured data kept bit for bit
+    assert np.abs(completed[:, :, :11]).sum() > 0  # the added bins were filled in
+    report = json.loads((tmp_path / "ext.tif.report.json").read_text())
+    assert report["detector_extension_bins"] == [11, 11]
+
+
 def test_correct_limited_angle_simulation(tmp_path, tiny_model_path, capsys):
     vol = np.stack([lsr.data.generate_slice(10_000_020 + i, 32, 8.0) for i in range(2)])
     src = write_tiff(tmp_path / "ct.tif", vol, (2.0, 8.0, 8.0))

@@ -358,9 +358,18 @@ def _load_geometry(args, meta: dict):
         raise CLIError(f"{where}: missing required field(s) {', '.join(missing)} (lengths in mm, "
                        "angles in degrees); nothing is assumed for them")
     try:
-        return geometry_from_dict(d), where
+        return geometry_from_dict(d), where, (0, 0)
+    except (ValueError, TypeError) as e:
+        if "does not cover" not in str(e):
+            raise CLIError(f"{where}: {e}") from None
+    # the image grid is larger than the measured field: extend the detector virtually, the
+    # added bins are missing data (mask 0) that LSR fills in (extended-field reconstruction)
+    from .geometry import extend_detector
+    try:
+        geom, n_left, n_right = extend_detector(d)
     except (ValueError, TypeError) as e:
         raise CLIError(f"{where}: {e}") from None
+    return geom, where, (n_left, n_right)
 
 
 def _limited_angle(geom, missing_deg: float, start_deg):
@@ -471,16 +480,28 @@ def _measured_input(args, report):
     sflag = f"--sinogram {args.sinogram}"
     vol = _read_input("--sinogram", args.sinogram, "sinogram", allow_nonfinite=True)
     sinos = vol.hu
-    geom, gwhere = _load_geometry(args, vol.meta)
-    if sinos.shape[-2:] != geom.sino_shape:
+    geom, gwhere, (n_left, n_right) = _load_geometry(args, vol.meta)
+    measured_shape = (geom.n_views, geom.n_det - n_left - n_right)
+    if sinos.shape[-2:] != measured_shape:
         hint = ""
         if sinos.shape[-2:] == geom.sino_shape[::-1]:
             hint = "; the axes look swapped: a sinogram is (slices, views, detector)"
         elif vol.meta.get("units") == "HU":
             hint = "; the file holds an image in HU: pass it as --volume to simulate data from it"
         raise CLIError(f"{sflag}: shape {sinos.shape} does not match {gwhere}, which expects "
-                       f"(slices, {geom.n_views}, {geom.n_det}) (views, detector bins){hint}")
+                       f"(slices, {measured_shape[0]}, {measured_shape[1]}) (views, detector "
+                       f"bins){hint}")
+    extended = bool(n_left or n_right)
+    if extended:
+        from .geometry import pad_sinogram
+        sinos, ext_mask = pad_sinogram(sinos, n_left, n_right)
+        print(f"the image grid ({geom.image_size} x {geom.pixel_size_mm:g} mm) is larger than the "
+              f"field the detector measures: the detector is extended virtually by {n_left} + "
+              f"{n_right} bins marked missing, which LSR fills in (extended-field reconstruction)")
+        report["detector_extension_bins"] = [n_left, n_right]
     parts = _option_masks(geom, args)
+    if extended:
+        parts.append(ext_mask)
     mask_label = None
     mask_file = args.mask
     if mask_file is None and vol.meta.get("mask_file") and not parts:
@@ -489,8 +510,11 @@ def _measured_input(args, report):
     if mask_file:
         mask_label = f"--mask {mask_file}" if args.mask else f"mask {mask_file} (from the sidecar)"
         m = _read_input("--mask" if args.mask else "sidecar mask", mask_file, "mask").hu
-        if m.shape[1:] != sinos.shape[1:] or m.shape[0] not in (1, sinos.shape[0]):
-            raise CLIError(f"{mask_label}: shape {m.shape} does not match {sflag} {sinos.shape}")
+        if m.shape[1:] != measured_shape or m.shape[0] not in (1, sinos.shape[0]):
+            raise CLIError(f"{mask_label}: shape {m.shape} does not match {sflag} "
+                           f"{(sinos.shape[0], *measured_shape)}")
+        if extended:
+            m = np.pad(m, [(0, 0), (0, 0), (n_left, n_right)], constant_values=0)
         if m.shape[0] == 1 and sinos.shape[0] > 1:
             m = m[0]  # one mask for every slice
         if not np.isin(m, (0.0, 1.0)).all():
