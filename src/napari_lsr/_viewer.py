@@ -34,8 +34,10 @@ def display_problem() -> str | None:
 
 def qt_problem() -> str | None:
     """Why Qt cannot be used (no binding installed), or None."""
+    import importlib
+
     try:
-        from qtpy import QtCore  # noqa: F401
+        importlib.import_module("qtpy.QtCore")
     except Exception:  # qtpy raises its own QtBindingsNotFoundError  # noqa: BLE001
         return NO_QT
     return None
@@ -44,8 +46,6 @@ def qt_problem() -> str | None:
 def dock_widgets(viewer, front: str = "LSR correction") -> dict:
     """Dock the plugin's four widgets as tabs of one dock area, in workflow order; ``front``
     is shown. Returns {display name: widget}."""
-    from qtpy.QtCore import QTimer
-
     from ._widgets._common import ARRANGED_PROPERTY
 
     docks, widgets = {}, {}
@@ -58,7 +58,6 @@ def dock_widgets(viewer, front: str = "LSR correction") -> dict:
         if docks[name] not in main.tabifiedDockWidgets(first):
             main.tabifyDockWidget(first, docks[name])
     show_dock(docks[front])
-    QTimer.singleShot(0, lambda: show_dock(docks[front]))  # after napari's own docking
     return widgets
 
 
@@ -78,13 +77,28 @@ def _sample_layers(key: str, sample_kwargs: dict | None = None) -> list:
     return fn(**(sample_kwargs or {}))
 
 
+def text_overlay(viewer):
+    """The canvas text overlay (``viewer.canvas.overlays.text`` since napari 0.9)."""
+    canvas = getattr(viewer, "canvas", None)
+    overlays = getattr(canvas, "overlays", None)
+    return overlays.text if overlays is not None else viewer.text_overlay
+
+
 def add_layers(viewer, layer_data: list) -> list:
     """Add the sample's LayerData tuples and show them all."""
     from ._widgets._common import add_layer
 
     layers = [add_layer(viewer, ld) for ld in layer_data]
+    text_overlay(viewer).visible = False
     viewer.reset_view()
     return layers
+
+
+def _building_failed(viewer, error) -> None:
+    from ._widgets._common import show_error
+
+    text_overlay(viewer).visible = False
+    show_error(f"the sample could not be made: {error}")
 
 
 def setup_viewer(viewer, path=None, sample: str = "truncation", background: bool = True,
@@ -92,7 +106,7 @@ def setup_viewer(viewer, path=None, sample: str = "truncation", background: bool
     """Dock the widgets, then open ``path`` through the plugin's reader or add a sample
     (``SAMPLES``; in a background thread unless ``background`` is False). Returns
     {display name: widget} plus "worker" (the sample's worker, or None)."""
-    from ._widgets._common import show_error, show_info
+    from ._widgets._common import show_error
 
     if sample not in SAMPLES:
         raise ValueError(f"unknown sample {sample!r}; choose one of {', '.join(SAMPLES)}")
@@ -121,16 +135,24 @@ def setup_viewer(viewer, path=None, sample: str = "truncation", background: bool
 
     worker = thread_worker(_sample_layers, ignore_errors=True, start_thread=False)(key, sample_kwargs)
     worker.returned.connect(lambda layer_data: add_layers(viewer, layer_data))
-    worker.errored.connect(lambda e: show_error(f"the sample could not be made: {e}"))
+    worker.errored.connect(lambda e: _building_failed(viewer, e))
     widgets["worker"] = worker
-    show_info(f"napari-lsr: building the '{sample}' sample (simulated scan; the first one "
-              "builds the projector, 10-30 s)...")
+    overlay = text_overlay(viewer)  # on the canvas until the sample arrives (not a toast)
+    overlay.text = (f"napari-lsr: simulating the '{sample}' sample scan...\n(the first one "
+                    "builds the projector: 10-30 s)")
+    overlay.position = "top_left"
+    overlay.font_size = 12
+    overlay.visible = True
     worker.start()
     return widgets
 
 
+LAPTOP = (1366, 768)  # the smallest screen the docks are laid out for
+
+
 def fit_to_screen(viewer) -> None:
-    """Shrink the window to the screen's free area if it is larger (a laptop)."""
+    """Size the window for the screen: the whole free area of a laptop-sized screen (up to
+    1600 x 1000), else at least 1366 x 768; never larger than the screen."""
     from qtpy.QtWidgets import QApplication
 
     screen = QApplication.primaryScreen()
@@ -138,9 +160,15 @@ def fit_to_screen(viewer) -> None:
         return
     free = screen.availableGeometry()
     left, top, width, height = viewer.window.geometry()
-    if width > free.width() or height > free.height():
-        viewer.window.set_geometry(free.left(), free.top(), min(width, free.width()),
-                                   min(height, free.height()))
+    if free.width() <= 1600 or free.height() <= 1000:
+        width, height = free.width(), free.height()
+        left, top = free.left(), free.top()
+    else:
+        width = min(max(width, LAPTOP[0]), free.width())
+        height = min(max(height, LAPTOP[1]), free.height())
+        left = min(max(left, free.left()), free.right() - width)
+        top = min(max(top, free.top()), free.bottom() - height)
+    viewer.window.set_geometry(left, top, width, height)
 
 
 def run_view(path=None, sample: str = "truncation") -> int:

@@ -172,6 +172,9 @@ def is_hu_layer(layer) -> bool:
 def apply_limits(layer, lo: float, hi: float) -> None:
     """Set contrast limits, widening the slider range to hold both the data and the window."""
     r0, r1 = (float(v) for v in layer.contrast_limits_range)
+    data = layer.data
+    if isinstance(data, np.ndarray) and data.size:
+        r0, r1 = min(r0, float(np.nanmin(data))), max(r1, float(np.nanmax(data)))
     layer.contrast_limits_range = (min(r0, lo), max(r1, hi))
     layer.contrast_limits = (lo, hi)
 
@@ -285,7 +288,7 @@ def connect_layer_events(viewer, container, on_inserted=None) -> None:
 
 def pick(combo, layer) -> None:
     """Choose ``layer`` in a layer picker if it is one of its choices."""
-    if any(value is layer for value in combo.choices):
+    if any(value is layer or value == layer for value in combo.choices):
         combo.value = layer
 
 

@@ -4,6 +4,7 @@ dock joins the other napari-lsr docks as a tab once napari has docked it."""
 
 from __future__ import annotations
 
+from qtpy.QtCore import QSize, Qt
 from qtpy.QtWidgets import QFrame, QScrollArea, QVBoxLayout, QWidget
 
 from ._common import tabify_when_docked
@@ -20,11 +21,18 @@ class ScrollPanel(QWidget):
         self.scroll_area = QScrollArea()
         self.scroll_area.setWidgetResizable(True)
         self.scroll_area.setFrameShape(QFrame.Shape.NoFrame)
+        self.scroll_area.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.scroll_area.setWidget(self.content)
         outer = QVBoxLayout(self)
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll_area)
         tabify_when_docked(self)
+
+    def minimumSizeHint(self) -> QSize:
+        """As wide as the content needs (it only scrolls vertically), 120 px high."""
+        width = self.content.minimumSizeHint().width()
+        width += self.scroll_area.verticalScrollBar().sizeHint().width() + 2
+        return QSize(width, 120)
 
     def add(self, part, stretch: int = 0):
         """Append a magicgui widget, a QWidget or a QLayout; returns it."""

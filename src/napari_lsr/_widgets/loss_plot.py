@@ -27,7 +27,7 @@ class LossPlot(QWidget):
         self.figure.subplots_adjust(left=0.2, right=0.96, top=0.95, bottom=0.19)
         self.canvas = FigureCanvasQTAgg(self.figure)
         self.canvas.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Expanding)
-        self.canvas.setMinimumHeight(150)
+        self.canvas.setMinimumHeight(120)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.canvas)

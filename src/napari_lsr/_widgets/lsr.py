@@ -388,7 +388,8 @@ class LSRWidget(ScrollPanel):
         self._preview_for = (geom, sino_layer)
         self._pending_preview = None
         self._error = None
-        self._plan = {"total": total, "opts": opts, "result": None}
+        self._plan = {"total": total, "opts": opts, "result": None, "slice0": index or 0,
+                      "active_before": self.viewer.layers.selection.active}
         buf, run_state = self._buf, self._run
 
         def step_callback(slice_index, step, loss, preview_hu):
@@ -455,8 +456,8 @@ class LSRWidget(ScrollPanel):
             self.plot.redraw()
             self.progress_bar.setValue(min(count, self.progress_bar.maximum()))
             if not self._abort.is_set():
-                self._set_status(f"slice {slice_index + 1}, step {count}, loss {losses[-1]:.3g}",
-                                 "running")
+                k = slice_index + (self._plan or {}).get("slice0", 0)  # as napari counts slices
+                self._set_status(f"slice {k}, step {count}, loss {losses[-1]:.3g}", "running")
             if self._buf.first_point_time is None:
                 self._buf.first_point_time = time.perf_counter()
                 self.timer.setInterval(REFRESH_MS)
@@ -487,9 +488,8 @@ class LSRWidget(ScrollPanel):
                                                geom, visible=False, **info))
             add_layer(self.viewer, sinogram_layer(res.sinogram, f"{base} LSR completed sinogram",
                                                   geom, z, **info))
-            corrected = add_layer(self.viewer, image_layer(res.image_hu, f"{base} LSR corrected",
-                                                           spacing, geom, **info))
-            self.viewer.layers.selection.active = corrected
+            self._plan["corrected"] = add_layer(
+                self.viewer, image_layer(res.image_hu, f"{base} LSR corrected", spacing, geom, **info))
         except Exception as e:  # noqa: BLE001 - reported, not raised into Qt
             self._on_error(RuntimeError(f"the result layers could not be added: {e}"))
 
@@ -532,6 +532,12 @@ class LSRWidget(ScrollPanel):
             self._set_status(text, "done")
         if self.preview_layer is not None and self.preview_layer in self.viewer.layers:
             self.viewer.layers.remove(self.preview_layer)
+        corrected, before = plan.get("corrected"), plan.get("active_before")
+        if corrected is not None and corrected in self.viewer.layers:
+            self.viewer.layers.selection.active = corrected  # its controls show, Export offers it
+        elif not self.viewer.layers.selection and before is not None \
+                and before in self.viewer.layers:
+            self.viewer.layers.selection.active = before  # the preview was selected: undo that
         self.preview_layer = None
         self._preview_for = None
         self.worker = None
