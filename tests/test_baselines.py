@@ -53,7 +53,7 @@ def test_metal_baselines_beat_uncorrected(metal_case, slice_hu):
     err = {name: np.abs(img - slice_hu)[region].mean() for name, img in [
         ("unc", c.uncorrected_hu), ("li", baselines.reconstruct_hu(li, PAR)),
         ("nmar", baselines.reconstruct_hu(nm, PAR))]}
-    assert err["li"] < 0.8 * err["unc"] and err["nmar"] < 0.8 * err["unc"], err
+    assert err["li"] < 0.9 * err["unc"] and err["nmar"] < 0.7 * err["unc"], err
 
 
 def test_nmar_batched(metal_case):

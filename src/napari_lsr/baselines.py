@@ -13,7 +13,8 @@ from scipy import ndimage
 
 from .geometry import Geometry
 from .masks import check_mask, ray_distance_mm
-from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from .projector import DEFAULT_FILTER
+from .units import hu_to_mu, mu_to_hu, scan_mu_water
 
 __all__ = ["li_mar", "nmar", "detruncate", "reconstruct_hu", "interpolate_views"]
 
@@ -53,24 +54,26 @@ def interpolate_views(sino: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return out
 
 
-def li_mar(sino, mask) -> np.ndarray:
-    """Linear-interpolation MAR: each view is interpolated across its invalid runs."""
-    sino, valid = _prepare(sino, mask)
+def li_mar(sino, mask, geom: Geometry | None = None) -> np.ndarray:
+    """Linear-interpolation MAR: each view is interpolated across its invalid runs.
+    ``geom`` (optional, as for :func:`nmar`) checks the sinogram's shape."""
+    sino, valid = _prepare(sino, mask, geom)
     return interpolate_views(sino, valid)
 
 
-def reconstruct_hu(sino, geom: Geometry, filter: str = "ramp",
-                   mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
-    """FBP of a sinogram ``(..., V, D)`` to an HU image ``(..., H, W)`` (NumPy)."""
+def reconstruct_hu(sino, geom: Geometry, filter: str = DEFAULT_FILTER,
+                   mu_water: float | None = None) -> np.ndarray:
+    """FBP of a sinogram ``(..., V, D)`` to an HU image ``(..., H, W)`` (NumPy);
+    ``mu_water`` (1/mm) defaults to the scan's (``geom.mu_water_per_mm``)."""
     from .projector import Projector
 
     return mu_to_hu(Projector(geom).fbp(np.asarray(sino, dtype=np.float32), filter).numpy(),
-                    mu_water)
+                    scan_mu_water(geom, mu_water))
 
 
 def nmar(sino, mask, geom: Geometry, air_threshold_hu: float = -500.0,
          bone_threshold_hu: float = 350.0, smooth_px: float = 1.0, eps: float = 0.1,
-         mu_water: float = MU_WATER_PER_MM) -> np.ndarray:
+         mu_water: float | None = None) -> np.ndarray:
     """Normalised MAR (Meyer et al., Med. Phys. 37(10):5482, 2010).
 
     LI -> FBP -> smooth (Gaussian, ``smooth_px``) -> prior image: air (below
@@ -80,6 +83,7 @@ def nmar(sino, mask, geom: Geometry, air_threshold_hu: float = -500.0,
     integral, ~5 mm of water) keeps rays that graze the body edge from blowing up."""
     from .projector import Projector
 
+    mu_water = scan_mu_water(geom, mu_water)
     sino, valid = _prepare(sino, mask, geom)
     li = interpolate_views(sino, valid)
     img = ndimage.gaussian_filter(reconstruct_hu(li, geom, mu_water=mu_water),
@@ -120,7 +124,7 @@ def _extrapolate_side(dist, p_edge, fit, mu):
     return p_edge * np.cos(np.pi / 2 * np.clip(dist / max(width, 1e-6), 0.0, 1.0))
 
 
-def detruncate(sino, mask, geom: Geometry, mu_water: float = MU_WATER_PER_MM,
+def detruncate(sino, mask, geom: Geometry, mu_water: float | None = None,
                n_fit: int = 5) -> np.ndarray:
     """Truncation extrapolation with water cylinders, in the spirit of Hsieh et al.,
     Med. Phys. 31(9):2385 (2004).
@@ -130,7 +134,9 @@ def detruncate(sino, mask, geom: Geometry, mu_water: float = MU_WATER_PER_MM,
     chord lengths are used; a degenerate fit (flat or outward-rising edge) falls back to a
     cosine roll-off to zero over the matching water half-thickness. The ray coordinate is
     the distance from the isocentre (parallel ``s``; fan ``sid * sin(gamma)``) in mm.
-    Invalid runs between valid bins are linearly interpolated."""
+    Invalid runs between valid bins are linearly interpolated. ``mu_water`` defaults to the
+    scan's (``geom.mu_water_per_mm``)."""
+    mu_water = scan_mu_water(geom, mu_water)
     sino, valid = _prepare(sino, mask, geom)
     out = interpolate_views(sino, valid)  # interior gaps; outer parts are overwritten below
     t = ray_distance_mm(geom)

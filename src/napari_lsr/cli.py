@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .projector import DEFAULT_FILTER
+
 
 class CLIError(ValueError):
     """A user error: printed as ``error: <message>`` with exit status 2, no traceback."""
@@ -176,10 +178,10 @@ def run_demo(args) -> int:
     }
     for name, (sino, mask, errors) in tasks.items():
         print(f"{name}: running LSR ({args.steps} Adam + {args.lbfgs_steps} L-BFGS steps)")
-        uncorrected = reconstruct_hu(sino, geom, filter="shepp-logan")
+        uncorrected = reconstruct_hu(sino, geom, filter=FBP_FILTER)
         res = lsr_correct(sino, mask, geom, model=model, steps=args.steps, lbfgs_steps=args.lbfgs_steps,
                           callback=_progress_printer(name, args.steps + args.lbfgs_steps), device=args.device,
-                          fbp_filter="shepp-logan")
+                          fbp_filter=FBP_FILTER)
         for label, img in (("ground_truth", gt), ("uncorrected", uncorrected), ("lsr", res.image_hu)):
             write_tiff(out / f"{name}_{label}.tif", img[None], spacing,
                        metadata={"geometry": geom.to_dict(), "task": name, "units": "HU"})
@@ -205,7 +207,7 @@ def run_demo(args) -> int:
 # ----------------------------------------------------------------------------------------
 # correct
 # ----------------------------------------------------------------------------------------
-FBP_FILTER = "shepp-logan"  # the filter of LSR's final FBP, also used for the uncorrected reference
+FBP_FILTER = DEFAULT_FILTER  # the one default FBP filter of napari-lsr (LSR, baselines, projector)
 _TIFF = (".tif", ".tiff")
 _GEOMETRY_REQUIRED = {
     "ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),

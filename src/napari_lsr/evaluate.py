@@ -27,11 +27,11 @@ from .baselines import reconstruct_hu
 from .data.phantoms import body_mask, generate_slice
 from .geometry import FanBeam, ParallelBeam
 from .lsr import lsr_correct
-from .projector import Projector
+from .projector import DEFAULT_FILTER, Projector
 from .units import hu_to_mu
 
 EVAL_SEED0 = 10_000_000  # phantom seeds >= this are never used for training
-FBP_FILTER = "shepp-logan"
+FBP_FILTER = DEFAULT_FILTER
 # two steel implants: strong beam hardening and photon starvation (with titanium only, the
 # streaks are so mild that LI's own interpolation streaks can exceed them)
 METAL_MATERIALS = ("steel",)

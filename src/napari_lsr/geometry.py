@@ -26,6 +26,8 @@ from typing import Optional, Tuple, Union
 
 import numpy as np
 
+from .units import MU_WATER_PER_MM
+
 __all__ = ["ParallelBeam", "FanBeam", "Geometry", "geometry_from_dict", "geometry_from_json",
            "extend_detector", "pad_sinogram", "crop_sinogram"]
 
@@ -58,11 +60,13 @@ class _GeometryBase:
     arc_deg: float = 180.0
     start_deg: float = 0.0
     angles_deg: Optional[Tuple[float, ...]] = None
+    mu_water_per_mm: float = MU_WATER_PER_MM  # the scan's water attenuation: HU <-> mu
 
     def __post_init__(self):
         _check_positive_int("image_size", self.image_size)
         _check_positive("pixel_size_mm", self.pixel_size_mm)
         _check_positive("det_spacing_mm", self.det_spacing_mm)
+        _check_positive("mu_water_per_mm", self.mu_water_per_mm)
         _check_positive_int("n_det", self.n_det)
         if not math.isfinite(self.det_offset_mm):
             raise ValueError(f"det_offset_mm must be finite, got {self.det_offset_mm!r}")

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 
 from .geometry import Geometry
-from .projector import Projector
-from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from .projector import DEFAULT_FILTER, Projector
+from .units import hu_to_mu, mu_to_hu, scan_mu_water
 
 __all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct_volume",
            "smooth_join", "check_inputs", "resolve_device", "noise_rms"]
@@ -590,7 +590,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
                 lr: float = 0.05, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
                 z_weight: float = 0.0, early_stop: bool = True, reduce: bool = True,
                 join: bool = True, feather_bins: int = 16,
-                fbp_filter: str = "shepp-logan", mu_water: float = MU_WATER_PER_MM) -> LSRResult:
+                fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
     ``valid_mask``: same shape, 1 = measured and trustworthy, 0 = missing/corrupt.
@@ -608,6 +608,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     :func:`smooth_join`). ``device``: None/"cpu", "cuda" or "auto". The result carries a
     :class:`FitReport` (``res.fit``). Seeded and reproducible."""
     sino, mask = check_inputs(sino, valid_mask, geom)
+    mu_water = scan_mu_water(geom, mu_water)
     if sino.ndim != 2:
         raise ValueError(f"lsr_correct takes one sinogram (views, detector); got shape {sino.shape}. "
                          "Use lsr_correct_volume for a stack.")
@@ -657,11 +658,11 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         raise TypeError(f"lsr_correct_volume got unknown options {sorted(unknown)}; "
                         f"accepted: {sorted(_VOLUME_OPTIONS)}")
     masks = np.broadcast_to(masks, sinos.shape)
-    mu_water = kwargs.get("mu_water", MU_WATER_PER_MM)
+    mu_water = scan_mu_water(geom, kwargs.get("mu_water"))
     opts = _options(steps, lbfgs_steps, kwargs.get("lr", 0.05), kwargs.get("tol", PLATEAU_TOL),
                     kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", 0.0),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
-                    kwargs.get("fbp_filter", "shepp-logan"), mu_water)
+                    kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water)
     ctx = _setup(geom, model, device, mu_water, kwargs.get("reduce", True))
     model, dev = ctx.model, ctx.dev
     grid_warnings = prior_warnings(model, geom)

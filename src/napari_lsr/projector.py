@@ -43,13 +43,15 @@ import torch
 from . import projector_cache
 from . import projector_ops as ops
 from .geometry import FanBeam, Geometry, ParallelBeam
+from .units import MU_WATER_PER_MM
 
-__all__ = ["Projector", "clear_cache", "clear_disk_cache", "estimate_projector_memory",
+__all__ = ["DEFAULT_FILTER", "Projector", "clear_cache", "clear_disk_cache", "estimate_projector_memory",
            "MemoryEstimate", "ProjectorMemoryError", "FILTERS", "METHODS"]
 
 log = logging.getLogger(__name__)
 
 FILTERS = ("ramp", "shepp-logan", "cosine", "hann")
+DEFAULT_FILTER = "shepp-logan"  # the FBP filter every function of napari-lsr uses by default
 METHODS = ("auto", "stored", "symmetric", "matrix-free")
 
 GB = 1e9
@@ -169,11 +171,17 @@ def _sample_nnz_per_view(geom: Geometry, kind: str, views: np.ndarray) -> float:
     return per_pixel_view * P
 
 
+def _rays_only(geom: Geometry) -> Geometry:
+    """The geometry with the scan's mu_water set to the default: the matrices depend on the
+    rays only, so scans that differ in mu_water share them."""
+    return geom.replace(mu_water_per_mm=MU_WATER_PER_MM)
+
+
 def _cache_key(geom: Geometry, kind: str, sym: ops.ViewSymmetry) -> str:
     reps = np.ascontiguousarray(sym.reps, dtype=np.int64)
     import hashlib
     return projector_cache.make_key({
-        "builder": ops.BUILDER_VERSION, "kind": kind, "geometry": geom.to_dict(),
+        "builder": ops.BUILDER_VERSION, "kind": kind, "geometry": _rays_only(geom).to_dict(),
         "dtype": "float32", "views": "all" if sym.trivial else hashlib.sha256(reps.tobytes()).hexdigest(),
     })
 
@@ -338,7 +346,7 @@ last_source: Optional[str] = None
 
 def _cached_operator(geom: Geometry, est: MemoryEstimate, sym, dtype, device) -> ops.Operator:
     global last_source
-    key = (est.kind, geom, est.method, est.transpose_stored, dtype, str(device))
+    key = (est.kind, _rays_only(geom), est.method, est.transpose_stored, dtype, str(device))
     with _CACHE_LOCK:
         if key in _CACHE:
             _CACHE.move_to_end(key)
@@ -504,7 +512,7 @@ class Projector:
 
     ``forward(mu)``: (..., H, W) in 1/mm -> (..., V, D) line integrals.
     ``adjoint(sino)``: (..., V, D) -> (..., H, W), the exact transpose of ``forward``.
-    ``fbp(sino, filter="ramp")``: (..., V, D) -> (..., H, W) mu in 1/mm.
+    ``fbp(sino, filter=DEFAULT_FILTER)``: (..., V, D) -> (..., H, W) mu in 1/mm.
     All three accept float32 or float64 tensors (or NumPy arrays) and are autograd-ready.
 
     ``method``: "auto" (default: the fastest that fits ``memory_budget_bytes``), "stored",
@@ -613,7 +621,7 @@ class Projector:
         sino = self._prepare(sino, g.sino_shape, "sinogram")
         return self._linear(sino, self._op("forward", sino.dtype), True, g.image_shape)
 
-    def filter_sinogram(self, sino, filter: str = "ramp") -> torch.Tensor:
+    def filter_sinogram(self, sino, filter: str = DEFAULT_FILTER) -> torch.Tensor:
         """Weighted, ramp-filtered sinogram (before backprojection), same shape."""
         g = self.geometry
         sino = self._prepare(sino, g.sino_shape, "sinogram")
@@ -634,7 +642,7 @@ class Projector:
         # the "interp" operator maps image -> sinogram by interpolation; B is its transpose
         return self._linear(filtered, self._op("fbp", filtered.dtype), True, g.image_shape)
 
-    def fbp(self, sino, filter: str = "ramp") -> torch.Tensor:
+    def fbp(self, sino, filter: str = DEFAULT_FILTER) -> torch.Tensor:
         """Filtered backprojection: sinogram (..., V, D) -> mu image (..., H, W) in 1/mm.
 
         ``filter``: "ramp", "shepp-logan", "cosine" or "hann" (window on the ramp)."""

@@ -27,7 +27,7 @@ from .data.phantoms import body_mask
 from .geometry import Geometry
 from .masks import _dilate_last_axes, _disk, metal_trace_mask, truncation_mask
 from .projector import Projector
-from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu
+from .units import MU_WATER_PER_MM, hu_to_mu, mu_to_hu, scan_mu_water
 
 __all__ = ["TruncationCase", "MetalCase", "simulate_truncation", "insert_metal",
            "simulate_metal", "spectrum", "mass_attenuation", "MATERIALS"]
@@ -106,10 +106,11 @@ def _check_image(hu, geom: Geometry) -> np.ndarray:
 
 
 def simulate_truncation(hu, geom: Geometry, fom_mm: float = 150.0,
-                        mu_water: float = MU_WATER_PER_MM) -> TruncationCase:
+                        mu_water: float | None = None) -> TruncationCase:
     """Monochromatic sinogram of an HU image (``(H, W)`` or ``(slices, H, W)``) truncated to
     a field of measurement of diameter ``fom_mm``; raises if the FOM covers the body."""
     hu = _check_image(hu, geom)
+    mu_water = scan_mu_water(geom, mu_water)
     body = body_mask(hu)
     x, y = geom.pixel_centres_mm()
     r = np.hypot(x[None, :], y[:, None]) + geom.pixel_size_mm / np.sqrt(2.0)
@@ -149,7 +150,7 @@ def _ellipse_fraction(geom: Geometry, cx, cy, a, b, ang, supersample: int = 4) -
 
 
 def insert_metal(hu, geom: Geometry, n_objects: int = 2, seed: int = 0,
-                 materials: Sequence[str] = MATERIALS, mu_water: float = MU_WATER_PER_MM):
+                 materials: Sequence[str] = MATERIALS, mu_water: float | None = None):
     """Draw ``n_objects`` metal objects inside the body of a clean HU slice ``(H, W)``.
 
     Objects are hip-implant-like ellipses, dental-like disks or in-plane screws (sizes in mm),
@@ -158,6 +159,7 @@ def insert_metal(hu, geom: Geometry, n_objects: int = 2, seed: int = 0,
     metal at its 70 keV HU (about 12000 titanium, 33000 steel; for display) and a dict
     material -> (H, W) float32 area fraction of metal per pixel."""
     hu = _check_image(hu, geom)
+    mu_water = scan_mu_water(geom, mu_water)
     if hu.ndim != 2:
         raise ValueError(f"insert_metal expects one slice (H, W), got shape {hu.shape}")
     if n_objects < 0:
@@ -226,10 +228,11 @@ class MetalCase:
     spectrum_kvp: float = 120.0
 
 
-def water_precorrection(p_poly, energies_kev, weights, mu_water: float = MU_WATER_PER_MM):
+def water_precorrection(p_poly, energies_kev, weights, mu_water: float | None = None):
     """Map polychromatic line integrals to monochromatic water line integrals at 70 keV
     (lookup curve of water, linear extrapolation beyond 3 m of water)."""
     ratio = _mu_per_mm("water", energies_kev) / _mu_per_mm("water", E_REF_KEV)
+    mu_water = MU_WATER_PER_MM if mu_water is None else mu_water
     a = np.linspace(0.0, 3000.0 * mu_water, 2001)  # mono line integrals (0..3 m water)
     f = -np.log(np.exp(-np.outer(a, ratio)) @ weights)
     out = np.interp(p_poly, f, a)
@@ -239,7 +242,7 @@ def water_precorrection(p_poly, energies_kev, weights, mu_water: float = MU_WATE
 
 def simulate_metal(hu_clean, geom: Geometry, n_objects: int = 2, seed: int = 0,
                    photons: Optional[float] = 1e5, spectrum_kvp: float = 120.0,
-                   materials: Sequence[str] = MATERIALS, mu_water: float = MU_WATER_PER_MM,
+                   materials: Sequence[str] = MATERIALS, mu_water: float | None = None,
                    dilation_px: int = 1, dilation_bins: int = 1,
                    reconstruct: bool = True) -> MetalCase:
     """Insert metal into a clean HU slice and simulate a polychromatic scan.
@@ -251,6 +254,7 @@ def simulate_metal(hu_clean, geom: Geometry, n_objects: int = 2, seed: int = 0,
     and the water precorrection. The mask marks the trace of the metal dilated by
     ``dilation_px`` pixels and ``dilation_bins`` bins."""
     hu = _check_image(hu_clean, geom)
+    mu_water = scan_mu_water(geom, mu_water)
     metal_hu, fractions = insert_metal(hu, geom, n_objects, seed, materials, mu_water)
     metal = sum(fractions.values())
     mu = np.clip(hu_to_mu(hu, mu_water), 0.0, None) * (1.0 - metal)
