@@ -194,3 +194,30 @@ def test_acquire_limited_angle_bad_arcs(make_napari_viewer, qtbot, phantom, erro
     qtbot.waitUntil(lambda: bool(errors), timeout=WAIT_MS)
     assert errors[0].startswith("simulation failed:") and message in errors[0]
     assert len(viewer.layers) == 1
+
+
+def test_closing_the_viewer_while_acquire_simulates(make_napari_viewer, qtbot, phantom, errors):
+    from napari.qt.threading import WorkerBase
+
+    viewer = make_napari_viewer()
+    w = _limited_angle_acquire(viewer, phantom, 60.0)
+    viewer.window.add_dock_widget(w, name="Acquire")
+    worker = w.run()
+    viewer.close()  # before the simulation returns: its result is dropped, nothing raises
+    WorkerBase.await_workers(msecs=WAIT_MS)
+    qtbot.wait(50)  # deliver the worker's queued signals
+    assert not worker.is_running and not errors
+
+
+def test_closing_the_viewer_while_the_sample_builds(make_napari_viewer, qtbot, errors):
+    from _plugin_helpers import TINY_SAMPLE
+    from napari.qt.threading import WorkerBase
+
+    from napari_lsr._viewer import setup_viewer
+
+    viewer = make_napari_viewer()
+    worker = setup_viewer(viewer, sample="truncation", sample_kwargs=TINY_SAMPLE)["worker"]
+    viewer.close()
+    WorkerBase.await_workers(msecs=WAIT_MS)
+    qtbot.wait(50)
+    assert not worker.is_running and not errors

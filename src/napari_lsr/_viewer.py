@@ -134,8 +134,10 @@ def setup_viewer(viewer, path=None, sample: str = "truncation", background: bool
     from napari.qt.threading import thread_worker
 
     worker = thread_worker(_sample_layers, ignore_errors=True, start_thread=False)(key, sample_kwargs)
-    worker.returned.connect(lambda layer_data: add_layers(viewer, layer_data))
-    worker.errored.connect(lambda e: _building_failed(viewer, e))
+    alive = [True]  # the viewer may be closed before the sample is ready
+    viewer.window._qt_window.destroyed.connect(lambda *_: alive.__setitem__(0, False))
+    worker.returned.connect(lambda layer_data: alive[0] and add_layers(viewer, layer_data))
+    worker.errored.connect(lambda e: alive[0] and _building_failed(viewer, e))
     widgets["worker"] = worker
     overlay = text_overlay(viewer)  # on the canvas until the sample arrives (not a toast)
     overlay.text = (f"napari-lsr: simulating the '{sample}' sample scan...\n(the first one "

@@ -27,6 +27,8 @@ class ScrollPanel(QWidget):
         outer.setContentsMargins(0, 0, 0, 0)
         outer.addWidget(self.scroll_area)
         tabify_when_docked(self)
+        alive = self.alive = [True]  # False once deleted: late worker results are dropped
+        self.destroyed.connect(lambda *_: alive.__setitem__(0, False))
 
     def minimumSizeHint(self) -> QSize:
         """As wide as the content needs (it only scrolls vertically), 120 px high."""

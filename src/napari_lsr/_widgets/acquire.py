@@ -178,9 +178,10 @@ class AcquireWidget(ScrollPanel):
                     missing_deg=self.missing_deg.value,
                     missing_start_deg=self.missing_start.value)
         worker = thread_worker(simulate_scan, ignore_errors=True, start_thread=False)(hu, geom, **args)
-        worker.returned.connect(lambda out: self._add_layers(layer, geom, args, out))
-        worker.errored.connect(lambda e: show_error(f"simulation failed: {e}"))
-        worker.finished.connect(lambda: setattr(self.run_button, "enabled", True))
+        alive = self.alive  # the viewer may be closed before the simulation returns
+        worker.returned.connect(lambda out: alive[0] and self._add_layers(layer, geom, args, out))
+        worker.errored.connect(lambda e: alive[0] and show_error(f"simulation failed: {e}"))
+        worker.finished.connect(lambda: alive[0] and setattr(self.run_button, "enabled", True))
         self.run_button.enabled = False
         self.worker = worker
         worker.start()

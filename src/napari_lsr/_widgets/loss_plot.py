@@ -13,6 +13,7 @@ import math
 from matplotlib.backends.backend_qtagg import FigureCanvasQTAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+from qtpy.QtCore import QSize
 from qtpy.QtWidgets import QSizePolicy, QVBoxLayout, QWidget
 
 _BG, _FG = "#262930", "#d6d0ce"  # napari's dark theme
@@ -51,6 +52,11 @@ class LossPlot(QWidget):
         self._dirty = False
         self._limits = None
         self._set_limits((0, 50), (0.1, 10.0))
+
+    def sizeHint(self) -> QSize:
+        # small: the dock's scroll area sizes word-wrapped content by its size hints, and the
+        # plot takes whatever height is left anyway (it stretches)
+        return QSize(300, 150)
 
     def clear(self):
         self.x, self.y = [], []
