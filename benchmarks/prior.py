@@ -1,8 +1,8 @@
 """Prior speed: decoder forward+backward (gradient w.r.t. z, frozen weights, as in LSR) at
 batch 1 and 8, and one full LSR step at 256x256 / 360 views (decode -> HU -> mu -> project ->
 masked squared error -> backward -> Adam), median over repeats. Target: LSR step <= 0.25 s on
-the 2-core dev CPU. ``--sweep`` also times untrained decoders of other widths (the model
-card's speed/quality table).
+the 2-core dev CPU. ``--sweep`` also times untrained decoders of the other architectures (the model card's
+speed table).
 
     python benchmarks/prior.py [--model PATH] [--threads 2] [--repeats 20] [--sweep]
 
@@ -25,6 +25,18 @@ import napari_lsr as lsr
 from napari_lsr.model import VAE, VAEConfig, load_model
 
 TARGET_S = 0.25
+UNSHUFFLE = dict(stem_factor=4, base_channels=32, channel_mults=(1, 2, 4, 8))
+SWEEP = {  # untrained decoders, forward+backward at batch 1
+    "conv stem 8 x (1..32), 128-vector (v1)": VAEConfig(),
+    "conv stem 8 x (1..32) + full-res block": VAEConfig(full_res_block=True),
+    "pixel-unshuffle 32 x (1, 2, 4, 8), 128-vector": VAEConfig(**UNSHUFFLE),
+    "pixel-unshuffle + 16x16x4 spatial latent": VAEConfig(**UNSHUFFLE, spatial_channels=4),
+    "pixel-unshuffle + 32x32x4 spatial latent": VAEConfig(**UNSHUFFLE, spatial_channels=4,
+                                                          spatial_size=32),
+    "pixel-unshuffle 48 x (1, 2, 4, 8) + 32x32x4": VAEConfig(stem_factor=4, base_channels=48,
+                                                         channel_mults=(1, 2, 4, 8),
+                                                         spatial_channels=4, spatial_size=32),
+}
 
 
 def median_s(fn, repeats: int, warmup: int = 3) -> float:
@@ -89,7 +101,10 @@ def main(argv=None):
     c = model.config
     res = {"weights": weights, "config": {"image_size": c.image_size,
                                           "base_channels": c.base_channels,
-                                          "channel_mults": list(c.channel_mults)},
+                                          "channel_mults": list(c.channel_mults),
+                                          "stem_factor": c.stem_factor,
+                                          "spatial": [c.spatial_channels, c.spatial_size],
+                                          "z_size": c.z_size},
            "decoder_params": model.n_parameters()["decoder"],
            "threads": a.threads, "cpu_count": os.cpu_count(), "cpu": platform.processor(),
            "torch": torch.__version__, "repeats": a.repeats, "load_avg_1min": os.getloadavg()[0]}
@@ -100,21 +115,15 @@ def main(argv=None):
                lsr_step_target_ms=1e3 * TARGET_S, lsr_step_ok=step <= TARGET_S)
     if a.sweep:
         res["sweep"] = []
-        for base, mults, full in [(8, (1, 2, 4, 8, 16, 32), False), (8, (1, 2, 4, 8, 16, 32), True),
-                                  (16, (1, 2, 4, 8, 16, 16), False),
-                                  (16, (1, 1, 2, 4, 8, 16), True)]:
-            m = VAE(VAEConfig(base_channels=base, channel_mults=mults, full_res_block=full))
-            m.eval().requires_grad_(False)
-            res["sweep"].append({"base_channels": base, "channel_mults": list(mults),
-                                 "full_res_block": full,
-                                 "decoder_params": m.n_parameters()["decoder"],
+        for name, cfg in SWEEP.items():
+            m = VAE(cfg).eval().requires_grad_(False)
+            res["sweep"].append({"name": name, "decoder_params": m.n_parameters()["decoder"],
                                  "decoder_fb_b1_ms": 1e3 * decoder_fb(m, 1, a.repeats)})
     for k, v in res.items():
         if k != "sweep":
             print(f"{k:24s} {v:.1f}" if isinstance(v, float) else f"{k:24s} {v}")
     for s in res.get("sweep", []):
-        print(f"  width {s['base_channels']:3d} x {s['channel_mults']} full-res block "
-              f"{s['full_res_block']!s:5s}: {s['decoder_fb_b1_ms']:.1f} ms, "
+        print(f"  {s['name']:58s}: {s['decoder_fb_b1_ms']:.1f} ms, "
               f"{s['decoder_params'] / 1e6:.2f} M decoder params")
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(res, indent=1))
