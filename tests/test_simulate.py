@@ -87,3 +87,17 @@ def test_metal_stays_in_place_across_slices():
     vol = generate_volume(3, 2, size=64, pixel_size_mm=4.0, region="pelvis", slice_step=2.0)
     fr = [sum(simulate.insert_metal(s, PAR, n_objects=2, seed=4)[1].values()) for s in vol]
     assert np.abs(fr[0] - fr[1]).sum() < 0.2 * fr[0].sum()
+
+
+def test_limited_angle_simulation_zeroes_the_missing_wedge():
+    geom = lsr.ParallelBeam(image_size=32, pixel_size_mm=4.0, n_views=36, n_det=47,
+                            det_spacing_mm=4.0)
+    hu = lsr.data.generate_slice(2, 32, 4.0, noise_hu=0)
+    c = simulate.simulate_limited_angle(hu, geom, missing_deg=60.0, start_deg=30.0)
+    ang = np.rad2deg(geom.angles_rad())
+    gone = (ang > 29.99) & (ang < 89.99)
+    assert (c.mask[gone] == 0).all() and (c.mask[~gone] == 1).all()
+    assert (c.sinogram[gone] == 0).all()
+    assert np.array_equal(c.sinogram[~gone], c.full_sinogram[~gone])
+    with pytest.raises(ValueError, match="missing arc"):
+        simulate.simulate_limited_angle(hu, geom, missing_deg=200.0)

@@ -376,16 +376,12 @@ def _load_geometry(args, meta: dict):
 
 def _limited_angle(geom, missing_deg: float, start_deg):
     """Mask with the views in the wedge [start, start + missing) (degrees, mod 360) missing."""
-    from .masks import limited_angle_mask
+    from .masks import missing_wedge_mask
 
-    arc = geom.arc_deg if geom.angles_deg is None else 360.0
-    if not (np.isfinite(missing_deg) and 0.0 < missing_deg < arc):
-        raise CLIError(f"--missing-deg {missing_deg:g}: must lie between 0 and the scan arc "
-                       f"({arc:g} degrees)")
-    start = float(geom.start_deg if start_deg is None else start_deg)
-    if not np.isfinite(start):
-        raise CLIError(f"--start-deg {start_deg}: must be a finite angle in degrees")
-    return limited_angle_mask(geom, keep_deg=(start + missing_deg, start + 360.0 - 1e-6))
+    try:
+        return missing_wedge_mask(geom, missing_deg, start_deg)
+    except ValueError as e:
+        raise CLIError(f"--missing-deg {missing_deg:g} / --start-deg {start_deg}: {e}") from None
 
 
 def _option_masks(geom, args) -> list:

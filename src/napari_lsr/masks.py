@@ -19,6 +19,7 @@ from .geometry import FanBeam, Geometry
 __all__ = [
     "ray_distance_mm", "truncation_mask", "fom_image_mask", "metal_image_mask",
     "metal_trace_mask", "metal_masks", "labels_to_sinogram_mask", "limited_angle_mask",
+    "missing_wedge_mask",
     "combine_masks", "check_mask",
 ]
 
@@ -139,6 +140,28 @@ def limited_angle_mask(geom: Geometry, keep_deg=(0.0, 120.0)) -> np.ndarray:
             raise ValueError(f"kept range {r!r} must satisfy start <= stop <= start + 360")
         keep |= np.mod(ang - lo + 1e-9, 360.0) <= hi - lo + 2e-9
     return np.repeat(keep.astype(np.float32)[:, None], geom.n_det, axis=1)
+
+
+def missing_wedge_mask(geom: Geometry, missing_deg: float, start_deg: float | None = None) -> np.ndarray:
+    """(V, D) float32 limited-angle mask: the views whose angle lies in the wedge
+    ``[start_deg, start_deg + missing_deg)`` (degrees, mod 360; ``start_deg`` None = the scan's
+    first angle) are missing (0), the others valid. Raises when the wedge misses every view or
+    covers them all."""
+    arc = geom.arc_deg if geom.angles_deg is None else 360.0
+    if not (np.isfinite(missing_deg) and 0.0 < missing_deg < arc):
+        raise ValueError(f"the missing arc ({missing_deg:g} deg) must lie between 0 and the scan "
+                         f"arc ({arc:g} deg)")
+    start = float(geom.start_deg if start_deg is None else start_deg)
+    if not np.isfinite(start):
+        raise ValueError(f"the start of the missing arc must be a finite angle, got {start_deg}")
+    mask = limited_angle_mask(geom, keep_deg=(start + missing_deg, start + 360.0 - 1e-6))
+    if mask.all():
+        raise ValueError(f"no view lies in the missing arc {start:g} to {start + missing_deg:g} "
+                         f"deg of this scan ({arc:g} deg from {geom.start_deg:g} deg)")
+    if not mask.any():
+        raise ValueError(f"the missing arc of {missing_deg:g} deg covers every view of this "
+                         f"scan; nothing would be measured")
+    return mask
 
 
 def _as_mask_array(mask, what: str = "mask") -> np.ndarray:

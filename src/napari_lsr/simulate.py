@@ -105,6 +105,36 @@ def _check_image(hu, geom: Geometry) -> np.ndarray:
     return hu
 
 
+@dataclass
+class LimitedAngleCase:
+    """A limited-angle scan: ``sinogram`` is zero in the missing views (mask 0)."""
+
+    sinogram: np.ndarray
+    mask: np.ndarray
+    full_sinogram: np.ndarray
+    ground_truth_hu: np.ndarray
+    missing_deg: float
+    start_deg: float
+    geometry: Geometry
+
+
+def simulate_limited_angle(hu, geom: Geometry, missing_deg: float, start_deg: float | None = None,
+                           mu_water: float | None = None) -> LimitedAngleCase:
+    """Monochromatic sinogram of an HU image (``(H, W)`` or ``(slices, H, W)``) with the views
+    in the wedge ``[start_deg, start_deg + missing_deg)`` (degrees; None = the scan's first
+    angle) missing: zero in the sinogram, 0 in the mask (see :func:`masks.missing_wedge_mask`)."""
+    from .masks import missing_wedge_mask
+
+    hu = _check_image(hu, geom)
+    mask = missing_wedge_mask(geom, missing_deg, start_deg)
+    full = Projector(geom).forward(hu_to_mu(hu, scan_mu_water(geom, mu_water))).numpy()
+    mask = np.broadcast_to(mask, full.shape).copy()
+    return LimitedAngleCase(sinogram=(full * mask).astype(np.float32), mask=mask,
+                            full_sinogram=full, ground_truth_hu=hu, missing_deg=float(missing_deg),
+                            start_deg=float(geom.start_deg if start_deg is None else start_deg),
+                            geometry=geom)
+
+
 def simulate_truncation(hu, geom: Geometry, fom_mm: float = 150.0,
                         mu_water: float | None = None) -> TruncationCase:
     """Monochromatic sinogram of an HU image (``(H, W)`` or ``(slices, H, W)``) truncated to

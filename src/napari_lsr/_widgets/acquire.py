@@ -23,13 +23,6 @@ from ._panel import ScrollPanel
 CASES = ("none", "truncation", "metal", "limited angle")
 
 
-def limited_angle_keep(missing_deg: float, start_deg: float = 0.0) -> tuple:
-    """The kept angular range (for ``masks.limited_angle_mask``) when the views in
-    ``[start_deg, start_deg + missing_deg]`` are missing."""
-    eps = 1e-6
-    return (start_deg + missing_deg + eps, start_deg + 360.0 - eps)
-
-
 def build_geometry(kind: str, image_size: int, pixel_size_mm: float, n_views: int,
                    arc_deg: float, n_det: int = 0, det_spacing_mm: float = 0.0):
     """A ParallelBeam / FanBeam for the image. ``det_spacing_mm`` 0: one pixel at the
@@ -72,19 +65,10 @@ def simulate_scan(hu, geom, case: str = "none", fom_mm: float = 200.0, n_metal: 
         out.update(sinogram=pick(stack("sinogram")), mask=pick(stack("mask")),
                    image_hu=pick(stack("metal_hu")))
     elif case == "limited angle":
-        from ..masks import limited_angle_mask
+        from ..simulate import simulate_limited_angle
 
-        mask = limited_angle_mask(geom, limited_angle_keep(missing_deg, missing_start_deg))
-        if mask.all():
-            raise ValueError(f"no view lies in the missing arc {missing_start_deg:g} to "
-                             f"{missing_start_deg + missing_deg:g} deg of this scan "
-                             f"({geom.arc_deg:g} deg from {geom.start_deg:g} deg)")
-        if not mask.any():
-            raise ValueError(f"the missing arc of {missing_deg:g} deg covers every view of "
-                             f"this {geom.arc_deg:g} deg scan; nothing would be measured")
-        sino = Projector(geom).forward(hu_to_mu(hu)).numpy()
-        mask = np.broadcast_to(mask, sino.shape).copy()
-        out.update(sinogram=(sino * mask).astype(np.float32), mask=mask)
+        c = simulate_limited_angle(hu, geom, missing_deg, missing_start_deg)
+        out.update(sinogram=c.sinogram, mask=c.mask)
     elif case == "none":
         out["sinogram"] = Projector(geom).forward(hu_to_mu(hu)).numpy()
     else:

@@ -34,6 +34,7 @@ from superqt import QCollapsible
 from ._common import (add_layer, connect_layer_events, image_layer, layer_choices,
                       layer_geometry, layer_kind, layer_spacing, pick, show_error, show_info,
                       show_warning, sinogram_layer, window_combo)
+from ..lsr import PLATEAU_PATIENCE, PLATEAU_TOL
 from ._panel import ScrollPanel
 from .loss_plot import LossPlot
 
@@ -195,12 +196,14 @@ class LSRWidget(ScrollPanel):
         self.mask = ComboBox(label="mask (1 = valid)", choices=layer_choices(v, "sinogram_mask"))
         self.model = ComboBox(label="prior", choices=[DEFAULT_MODEL, MODEL_FILE], value=DEFAULT_MODEL)
         self.model_path = FileEdit(label="prior file", mode="r", filter="*.pt", visible=False)
-        self.steps = SpinBox(label="Adam steps", min=0, max=100000, value=500)
+        self.steps = SpinBox(label="Adam steps (max)", min=0, max=100000, value=500,
+                             tooltip="at most this many; Adam stops early when the fit reaches "
+                                     "the noise level of the data or stalls")
         self.lbfgs_steps = SpinBox(label="L-BFGS steps", min=0, max=10000, value=20)
         self.slices = ComboBox(label="slices", choices=["current slice", "all slices"],
                                value="all slices")
         self.warm_start = CheckBox(text="warm start across slices", value=True)
-        self.warm_steps = SpinBox(label="Adam steps (warm)", min=0, max=100000, value=50)
+        self.warm_steps = SpinBox(label="Adam steps (warm, max)", min=0, max=100000, value=50)
         self.params = Container(widgets=[
             self.sinogram, self.mask, self.model, self.model_path, self.steps,
             self.lbfgs_steps, self.slices, self.warm_start, self.warm_steps])
@@ -208,8 +211,9 @@ class LSRWidget(ScrollPanel):
         self.device = ComboBox(label="device", choices=["auto", "cpu", "cuda"], value="auto")
         self.early_stop = CheckBox(text="stop early when the loss stalls", value=True)
         self.tol_pct = FloatSpinBox(label="stalled: gain below (%)", min=0.0, max=100.0,
-                                    step=0.001, value=0.01)
-        self.patience = SpinBox(label="stalled: over (steps)", min=1, max=100000, value=50)
+                                    step=0.001, value=100.0 * PLATEAU_TOL)
+        self.patience = SpinBox(label="stalled: over (steps)", min=1, max=100000,
+                                value=PLATEAU_PATIENCE)
         self.preview_every = SpinBox(label="preview every (steps)", min=1, max=1000, value=10)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
         self.more = Container(widgets=[self.device, self.early_stop, self.tol_pct,
