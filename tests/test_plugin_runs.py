@@ -162,8 +162,8 @@ def test_acquire_limited_angle_then_lsr(make_napari_viewer, qtbot, phantom, prio
     sino = viewer.layers["phantom sinogram (limited angle)"]
     mask = viewer.layers["phantom limited angle mask"]
     angles = np.rad2deg(GEOM.angles_rad())
-    missing = angles <= 60.0 + 1e-6  # views at 0, 7.5, ..., 60 degrees
-    assert missing.sum() == 9
+    missing = angles < 60.0 - 1e-6  # the wedge [0, 60) deg: views at 0, 7.5, ..., 52.5
+    assert missing.sum() == 8
     assert mask.data.shape == sino.data.shape and mask.data.shape[0] == 24
     np.testing.assert_array_equal(mask.data, np.repeat((~missing)[:, None], mask.data.shape[1], 1))
     assert np.all(sino.data[missing] == 0) and np.all(sino.data[~missing].max(axis=1) > 0)
@@ -183,7 +183,7 @@ def test_acquire_limited_angle_then_lsr(make_napari_viewer, qtbot, phantom, prio
 
 
 @pytest.mark.parametrize("missing, start, message", [
-    (180.0, 0.0, "covers every view"),
+    (180.0, 0.0, "must lie between 0 and the scan arc"),
     (10.0, 200.0, "no view lies in the missing arc"),
 ])
 def test_acquire_limited_angle_bad_arcs(make_napari_viewer, qtbot, phantom, errors,
