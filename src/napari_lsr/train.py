@@ -608,6 +608,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="steps between validations/checkpoints (default: %(default)s)")
     a("--batch-size", type=int, default=d.batch_size, help="(default: %(default)s)")
     a("--lr", type=float, default=d.lr, help="peak learning rate (default: %(default)s)")
+    a("--warmup-steps", type=int, default=d.warmup_steps,
+      help="linear learning-rate warm-up before the cosine decay (default: %(default)s)")
+    a("--min-lr-fraction", type=float, default=d.min_lr_fraction,
+      help="final learning rate as a fraction of the peak (default: %(default)s)")
     a("--beta", type=float, default=d.beta, help="KL weight, KL per pixel "
       "(default: %(default)s)")
     a("--kl-warmup-steps", type=int, default=d.kl_warmup_steps, help="(default: %(default)s)")
