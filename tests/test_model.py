@@ -119,3 +119,30 @@ def test_bundled_default_loads():
     with torch.no_grad():
         img = m.decode_hu(torch.zeros(1, m.config.latent_dim))
     assert img.shape == (1, 256, 256) and torch.isfinite(img).all()
+
+
+def test_conditional_spatial_prior_keeps_z_standard_normal_and_round_trips(tmp_path):
+    cfg = VAEConfig(image_size=32, latent_dim=8, base_channels=4, channel_mults=(1, 2, 4),
+                    attn_heads=2, pixel_size_mm=12.0, spatial_channels=2, spatial_size=16,
+                    spatial_prior="conditional")
+    torch.manual_seed(0)
+    m = VAE(cfg)
+    assert cfg.z_size == 8 + 2 * 16 * 16
+    x = torch.rand(3, 1, 32, 32)
+    recon, mu, logvar = m(x)  # training mode: sampled
+    assert recon.shape == x.shape and mu.shape == logvar.shape == (3, cfg.z_size)
+    m.eval()
+    recon, mu, logvar = m(x)
+    enc_mu, _ = m.encode(x)
+    assert torch.allclose(mu, enc_mu) and torch.allclose(m.decode_normalised(enc_mu), recon)
+    # the conditional prior shifts the spatial latent: decoding depends on it
+    with torch.no_grad():
+        m.spatial_prior.net[-1].bias.fill_(0.5)
+    z = torch.zeros(1, cfg.z_size)
+    assert not torch.allclose(m.decode_normalised(z), VAE(VAEConfig(**{**cfg.__dict__, "spatial_prior": "standard"})).eval().decode_normalised(z))
+    p = save_checkpoint(m, tmp_path / "c.pt", {})
+    m2 = load_model(p)
+    assert m2.config.spatial_prior == "conditional"
+    assert torch.allclose(m2.decode_normalised(z), m.decode_normalised(z))
+    with pytest.raises(ValueError, match="spatial_prior"):
+        VAEConfig(spatial_prior="learned")

@@ -63,6 +63,7 @@ class TrainConfig:
     full_res_block: bool = False
     spatial_channels: int = 0             # > 0: spatial latent beside the global vector
     spatial_size: int = 16
+    spatial_prior: str = "standard"       # or "conditional": N(mu(g), sigma(g)) given the vector
     steps: int = 20_000                   # total optimiser steps (sets the cosine schedule)
     epoch_steps: int = 250
     batch_size: int = 8
@@ -100,7 +101,8 @@ class TrainConfig:
                          base_channels=self.base_channels, channel_mults=tuple(self.channel_mults),
                          attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm,
                          stem_factor=self.stem_factor, full_res_block=self.full_res_block,
-                         spatial_channels=self.spatial_channels, spatial_size=self.spatial_size)
+                         spatial_channels=self.spatial_channels, spatial_size=self.spatial_size,
+                         spatial_prior=self.spatial_prior)
 
 
 def _paths(out) -> dict:
@@ -602,6 +604,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       "(default: %(default)s)")
     a("--spatial-size", type=int, default=d.spatial_size,
       help="side of the spatial latent grid (default: %(default)s)")
+    a("--spatial-prior", default=d.spatial_prior, choices=("standard", "conditional"),
+      help="prior of the spatial latent: N(0, I), or conditional on the global vector "
+      "(coherent random draws) (default: %(default)s)")
     a("--steps", type=int, default=d.steps, help="total optimiser steps; sets the cosine "
       "schedule (default: %(default)s)")
     a("--epoch-steps", type=int, default=d.epoch_steps,

@@ -49,7 +49,10 @@ class VAEConfig:
     full_res_block: add a residual block at the first level (always on for stem_factor > 1);
     stem_factor: 1 (convolution stem) or 2/4 (pixel-unshuffle stem, see module docstring);
     spatial_channels / spatial_size: a spatial latent of that many channels on a
-    spatial_size x spatial_size grid beside the global vector (0 channels: none).
+    spatial_size x spatial_size grid beside the global vector (0 channels: none);
+    spatial_prior: "standard" (the spatial latent's prior is N(0, I)) or "conditional" (its
+    prior is N(mu(g), sigma(g)^2), predicted from the global vector g; z then holds the
+    whitened spatial latent, so z ~ N(0, I) still, and random draws are coherent images).
     """
 
     image_size: int = 256
@@ -65,6 +68,7 @@ class VAEConfig:
     stem_factor: int = 1
     spatial_channels: int = 0
     spatial_size: int = 16
+    spatial_prior: str = "standard"
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -79,6 +83,9 @@ class VAEConfig:
                              "change image_size, stem_factor or channel_mults")
         if self.hu_max <= self.hu_min:
             raise ValueError("hu_max must be greater than hu_min")
+        if self.spatial_prior not in ("standard", "conditional"):
+            raise ValueError(f"spatial_prior must be 'standard' or 'conditional', got "
+                             f"{self.spatial_prior!r}")
         if self.spatial_channels and self.spatial_size not in self.level_sizes:
             raise ValueError(f"spatial_size {self.spatial_size} is not one of the network's "
                              f"resolutions {self.level_sizes}")
@@ -144,6 +151,27 @@ class SelfAttention(nn.Module):
         return x + a.out_proj(t).transpose(1, 2).reshape(b, c, h, w)
 
 
+class ConditionalPrior(nn.Module):
+    """Prior of the spatial latent given the global vector: g (B, latent_dim) -> (mu, logvar),
+    each (B, C * s * s). Starts as N(0, I) (last convolution zero)."""
+
+    def __init__(self, latent_dim: int, channels: int, size: int, spatial_size: int, out: int):
+        super().__init__()
+        self.channels, self.size, self.spatial_size = channels, size, spatial_size
+        self.lin = nn.Linear(latent_dim, channels * size * size)
+        self.net = nn.Sequential(nn.Conv2d(channels, 64, 3, padding=1), nn.SiLU(),
+                                 nn.Upsample(size=(spatial_size, spatial_size), mode="nearest"),
+                                 nn.Conv2d(64, 64, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(64, 2 * out, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, g: torch.Tensor):
+        h = self.lin(g).view(g.shape[0], self.channels, self.size, self.size)
+        mu, logvar = self.net(h).chunk(2, dim=1)
+        return mu.flatten(1), logvar.flatten(1).clamp(-10.0, 5.0)
+
+
 class VAE(nn.Module):
     """Encoder/decoder VAE on normalised CT slices; see the module docstring."""
 
@@ -192,6 +220,9 @@ class VAE(nn.Module):
             cs = cfg.spatial_channels
             self.to_spatial = nn.Sequential(_norm(w[k]), nn.SiLU(), nn.Conv2d(w[k], 2 * cs, 1))
             self.from_spatial = nn.Conv2d(cs, w[k], 1)
+            if cfg.spatial_prior == "conditional":
+                self.spatial_prior = ConditionalPrior(cfg.latent_dim, nb, b, cfg.spatial_size,
+                                                      cs)
 
     # -- latent layout -----------------------------------------------------------------------
     def split_z(self, z: torch.Tensor):
@@ -204,8 +235,9 @@ class VAE(nn.Module):
         return z[:, :c.latent_dim], zs
 
     # -- network -----------------------------------------------------------------------------
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, z_size)."""
+    def _posterior(self, x: torch.Tensor):
+        """Normalised image -> (mu, logvar) of the global latent and (if any) of the spatial
+        latent itself (before whitening), each (B, n)."""
         h = x * 2.0 - 1.0
         tap = None
         for i, m in enumerate(self.encoder):
@@ -213,11 +245,28 @@ class VAE(nn.Module):
             if i == self._enc_tap:
                 tap = h
         mu, logvar = self.to_latent(h.flatten(1)).chunk(2, dim=1)
-        if tap is not None:
-            smu, slogvar = self.to_spatial(tap).chunk(2, dim=1)
-            mu = torch.cat([mu, smu.flatten(1)], 1)
-            logvar = torch.cat([logvar, slogvar.flatten(1)], 1)
-        return mu, logvar.clamp(-30.0, 20.0)
+        if tap is None:
+            return (mu, logvar.clamp(-30.0, 20.0)), None
+        smu, slogvar = self.to_spatial(tap).chunk(2, dim=1)
+        return (mu, logvar.clamp(-30.0, 20.0)), (smu.flatten(1), slogvar.flatten(1).clamp(-30.0, 20.0))
+
+    def _whiten(self, z_global, spatial):
+        """Spatial posterior (mu, logvar) -> the same in the whitened coordinates of the
+        conditional prior at ``z_global`` (KL to N(0, I) there equals the KL to the prior)."""
+        if spatial is None or not hasattr(self, "spatial_prior"):
+            return spatial
+        pmu, plogvar = self.spatial_prior(z_global)
+        smu, slogvar = spatial
+        return (smu - pmu) * torch.exp(-0.5 * plogvar), slogvar - plogvar
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, z_size), in the
+        coordinates of z (whitened spatial part for a conditional prior)."""
+        (mu, logvar), spatial = self._posterior(x)
+        spatial = self._whiten(mu, spatial)
+        if spatial is not None:
+            mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
+        return mu, logvar
 
     def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
         """Latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1] (the network's own
@@ -225,6 +274,9 @@ class VAE(nn.Module):
         c = self.config
         b = c.bottleneck_size
         zg, zs = self.split_z(z)
+        if zs is not None and hasattr(self, "spatial_prior"):
+            pmu, plogvar = self.spatial_prior(zg)
+            zs = (pmu + torch.exp(0.5 * plogvar) * zs.flatten(1)).view_as(zs)
         h = self.from_latent(zg).view(z.shape[0], c.bottleneck_channels, b, b)
         for i, m in enumerate(self.decoder):
             h = m(h)
@@ -233,9 +285,17 @@ class VAE(nn.Module):
         return torch.sigmoid(h)
 
     def forward(self, x: torch.Tensor):
-        """Returns (reconstruction in [0,1], mu, logvar); samples z in training mode only."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.randn_like(mu) * torch.exp(0.5 * logvar) if self.training else mu
+        """Returns (reconstruction in [0,1], mu, logvar) with mu/logvar in the coordinates of
+        z (so the KL to N(0, I) is the ELBO's KL); samples z in training mode only."""
+        (mu, logvar), spatial = self._posterior(x)
+        sample = lambda m, lv: m + torch.randn_like(m) * torch.exp(0.5 * lv) if self.training else m  # noqa: E731
+        zg = sample(mu, logvar)
+        spatial = self._whiten(zg, spatial)
+        if spatial is not None:
+            z = torch.cat([zg, sample(*spatial)], 1)
+            mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
+        else:
+            z = zg
         return self.decode_normalised(z), mu, logvar
 
     # -- HU mapping --------------------------------------------------------------------------
@@ -263,6 +323,7 @@ class VAE(nn.Module):
 
     def n_parameters(self) -> dict:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        spatial = count(self.from_spatial) if hasattr(self, "from_spatial") else 0
+        spatial = sum(count(getattr(self, n)) for n in ("from_spatial", "spatial_prior")
+                      if hasattr(self, n))
         return {"total": count(self),
                 "decoder": count(self.decoder) + count(self.from_latent) + spatial}
