@@ -37,18 +37,20 @@ from napari_lsr.train import TrainConfig, evaluate_reconstruction, train
 
 RUNS = Path("runs/study")
 RESULTS = Path(__file__).parent / "results" / "prior_study.json"
-UNSHUFFLE = dict(stem_factor=4, base_channels=32, channel_mults=(1, 2, 4, 8))
+UNSHUFFLE = dict(stem_factor=4, base_channels=32, channel_mults=(1, 2, 4, 8), spatial_channels=0)
+HYBRID = {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 16, "spatial_prior": "standard"}
 ARMS = {
-    "v1": {},
+    "v1": dict(stem_factor=1, base_channels=8, channel_mults=(1, 2, 4, 8, 16, 32),
+               spatial_channels=0),
     "unshuffle": UNSHUFFLE,
-    "hybrid": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 16},
-    "split": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 16},
-    "hybrid32": {**UNSHUFFLE, "spatial_channels": 4, "spatial_size": 32},
+    "hybrid": HYBRID,
+    "split": HYBRID,
+    "hybrid32": {**HYBRID, "spatial_size": 32},
 }
 SPLIT = {"head": ["head"], "trunk": ["thorax", "abdomen", "pelvis"]}
 COMMON = dict(batch_size=8, lr=1.5e-3, warmup_steps=100, beta=0.02, kl_warmup_steps=1000,
               epoch_steps=250, threads=1, bf16=True, channels_last=True, patience=100,
-              progress=False)
+              crop_fraction=0.05, progress=False)
 
 
 def arm_checkpoints(arm: str) -> dict:

@@ -15,7 +15,7 @@ from napari_lsr.train import (TRAIN_SEEDS, BatchSource, TrainConfig, add_train_a
                               evaluate_reconstruction, run_train, train)
 
 TINY = dict(image_size=32, pixel_size_mm=12.0, latent_dim=8, base_channels=4,
-            channel_mults=(1, 2, 4, 8), attn_heads=2, batch_size=8, lr=3e-3, warmup_steps=2,
+            channel_mults=(1, 2, 4, 8), attn_heads=2, stem_factor=1, spatial_channels=0, batch_size=8, lr=3e-3, warmup_steps=2,
             kl_warmup_steps=10, val_n=4, threads=1, progress=False)
 
 

@@ -56,22 +56,24 @@ class TrainConfig:
     image_size: int = 256
     pixel_size_mm: float = 1.5
     latent_dim: int = 128
-    base_channels: int = 8
-    channel_mults: tuple = (1, 2, 4, 8, 16, 32)
+    # defaults: the bundled prior's design (model card): pixel-unshuffle stem, widths 32..256
+    # from 64^2 to 8^2, a 16x16x4 spatial latent with a conditional prior beside the vector
+    base_channels: int = 32
+    channel_mults: tuple = (1, 2, 4, 8)
     attn_heads: int = 4
-    stem_factor: int = 1                  # 1: conv stem; 4: pixel-unshuffle stem (see vae.py)
+    stem_factor: int = 4                  # 1: conv stem; 4: pixel-unshuffle stem (see vae.py)
     full_res_block: bool = False
-    spatial_channels: int = 0             # > 0: spatial latent beside the global vector
+    spatial_channels: int = 4             # > 0: spatial latent beside the global vector
     spatial_size: int = 16
-    spatial_prior: str = "standard"       # or "conditional": N(mu(g), sigma(g)) given the vector
-    steps: int = 20_000                   # total optimiser steps (sets the cosine schedule)
-    epoch_steps: int = 250
+    spatial_prior: str = "conditional"    # or "standard": N(0, I) for the spatial latent
+    steps: int = 30_000                   # total optimiser steps (sets the cosine schedule)
+    epoch_steps: int = 500
     batch_size: int = 8
-    lr: float = 1e-3
+    lr: float = 1.2e-3
     min_lr_fraction: float = 0.05
-    warmup_steps: int = 200
+    warmup_steps: int = 500
     beta: float = 0.02
-    kl_warmup_steps: int = 2_000
+    kl_warmup_steps: int = 3_000
     soft_tissue_weight: float = 1.0
     grad_clip: float = 1.0
     val_n: int = 32
@@ -82,7 +84,7 @@ class TrainConfig:
     bank: str | None = None               # .npy of pre-generated phantoms (made if missing)
     bank_size: int = 20_000
     bank_fraction: float = 1.0            # share of phantoms drawn from the bank (rest fresh)
-    crop_fraction: float = 0.05           # share of phantoms cut to a small display field
+    crop_fraction: float = 0.1            # share of phantoms cut to a small display field
     data: list = field(default_factory=list)
     real_slices: bool = False
     data_fraction: float = 0.25
@@ -91,7 +93,8 @@ class TrainConfig:
     device: str = "auto"
     threads: int | None = 2
     bf16: bool = True                     # bfloat16 autocast (CPU and CUDA)
-    channels_last: bool = False           # channels-last memory format
+    channels_last: bool = True            # channels-last memory format (fastest with bf16 and
+    #                                       the pixel-unshuffle stem: benchmarks/train_speed.py)
     seed: int = 0
     half: bool = False                    # store float16 weights (half the file size)
     progress: bool = True
@@ -636,7 +639,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       "%(default)s; 1 when training beside other work on a 2-core machine)")
     a("--no-bf16", dest="bf16", action="store_false",
       help="train in float32 instead of bfloat16 autocast")
-    a("--channels-last", action="store_true", help="channels-last memory format")
+    a("--no-channels-last", dest="channels_last", action="store_false",
+      help="contiguous instead of channels-last memory format")
     a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
     a("--half", action="store_true", help="store float16 weights (half the file size)")
     a("--no-progress", dest="progress", action="store_false",
