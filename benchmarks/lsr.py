@@ -56,12 +56,12 @@ def main(argv=None):
         row = {"slice": k}
         if z_prev is None or k % args.cold_every == 0:
             cold = lsr.lsr_correct(sinos[k], mask, geom, model=model, steps=args.cold_steps, lbfgs_steps=0,
-                                   patience=10**9)
+                                   early_stop=False)
             row.update(cold_final_loss=cold.loss_history[-1], cold_steps=len(cold.loss_history),
                        cold_seconds=cold.seconds)
         if z_prev is not None:
             warm = lsr.lsr_correct(sinos[k], mask, geom, model=model, steps=args.warm_steps, lbfgs_steps=0,
-                                   init=z_prev, patience=10**9)
+                                   init=z_prev, early_stop=False)
             row.update(warm_seconds=warm.seconds, warm_first_loss=warm.loss_history[0],
                        warm_final_loss=warm.loss_history[-1])
             if "cold_final_loss" in row:

