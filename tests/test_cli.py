@@ -326,7 +326,7 @@ def _bad_cases(d: Path, model):
                                         ["--simulate limited-angle needs --missing-deg"]),
         "missing range too large": ([*base, "--volume", str(d / "image.tif"), "--simulate", "limited-angle",
                                      "--missing-deg", "200", "--views", "10"],
-                                    ["--missing-deg 200: must lie between 0 and the scan arc (180 degrees)"]),
+                                    ["--missing-deg 200: the missing arc (200 deg) must lie between 0 and the scan arc (180 deg)"]),
         "bad fom": ([*base, "--sinogram", str(sino), "--fom-mm", "-5", "--geometry", str(geom)],
                     ["--fom-mm -5: must be a positive diameter in mm"]),
         "all valid": ([*base, "--sinogram", str(sino), "--mask", str(d / "mask1s.npy"),

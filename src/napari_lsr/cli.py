@@ -120,22 +120,6 @@ def _progress_printer(label: str, total: int, every: int = 25):
     return callback
 
 
-def _save_png(path: Path, panels, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4))
-    for ax, (name, img) in zip(np.atleast_1d(axes), panels):
-        ax.imshow(img, cmap="gray", vmin=-1000, vmax=1000)
-        ax.set_title(name, fontsize=10)
-        ax.axis("off")
-    fig.suptitle(title + "   (window [-1000, 1000] HU)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
-
-
 # ----------------------------------------------------------------------------------------
 # demo
 # ----------------------------------------------------------------------------------------
@@ -145,7 +129,7 @@ def run_demo(args) -> int:
     from .data.phantoms import body_mask, generate_slice
     from .data.readers import write_tiff
     from .data.sinogram_io import write_json
-    from .evaluate import EVAL_SEED0, METAL_MATERIALS, body_width_mm, default_geometry
+    from .evaluate import EVAL_SEED0, METAL_MATERIALS, body_width_mm, default_geometry, save_figure
     from .lsr import lsr_correct
     from .model import load_model
     from .projector import Projector
@@ -185,10 +169,14 @@ def run_demo(args) -> int:
         for label, img in (("ground_truth", gt), ("uncorrected", uncorrected), ("lsr", res.image_hu)):
             write_tiff(out / f"{name}_{label}.tif", img[None], spacing,
                        metadata={"geometry": geom.to_dict(), "task": name, "units": "HU"})
-        _save_png(out / f"{name}.png", [("ground truth", gt), ("uncorrected FBP", uncorrected),
-                                        ("LSR corrected", res.image_hu), ("prior image G(z*)", res.generated_hu)],
-                  f"{name}")
         fit = getattr(res, "fit", None)
+        save_figure(name, [{"name": f"demo {name}", "fom_mm": fom_mm,
+                            "images": {"ground truth": gt, "uncorrected FBP": uncorrected,
+                                       "LSR corrected": res.image_hu,
+                                       "prior image G(z*)": res.generated_hu},
+                            "metrics": {"uncorrected FBP": errors(uncorrected),
+                                        "LSR corrected": errors(res.image_hu)}}],
+                    out / f"{name}.png", n_cases=1, geom=geom)
         mae = {"uncorrected": {f"mae_{k}_hu": v for k, v in errors(uncorrected).items()},
                "lsr": {f"mae_{k}_hu": v for k, v in errors(res.image_hu).items()}}
         report["tasks"][name] = {**mae, "lsr_s": res.seconds, "steps_run": len(res.loss_history),
@@ -209,10 +197,6 @@ def run_demo(args) -> int:
 # ----------------------------------------------------------------------------------------
 FBP_FILTER = DEFAULT_FILTER  # the one default FBP filter of napari-lsr (LSR, baselines, projector)
 _TIFF = (".tif", ".tiff")
-_GEOMETRY_REQUIRED = {
-    "ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),
-    "FanBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm", "sid_mm", "sdd_mm"),
-}
 
 
 def _flagged(flag: str, path, err: Exception) -> str:
@@ -334,7 +318,7 @@ def _correct_outputs(args) -> dict:
 def _load_geometry(args, meta: dict):
     """The scan geometry from --geometry or the sinogram file's metadata; every required field
     must be present (nothing is silently defaulted)."""
-    from .geometry import geometry_from_dict
+    from .geometry import REQUIRED_FIELDS, geometry_from_dict
 
     if args.geometry:
         path = Path(args.geometry).expanduser()
@@ -352,7 +336,7 @@ def _load_geometry(args, meta: dict):
                        "--geometry geometry.json (e.g. from napari_lsr.ParallelBeam(...).to_json())")
     if not isinstance(d, dict):
         raise CLIError(f"{where}: a geometry is a JSON object, got {type(d).__name__}")
-    need = list(_GEOMETRY_REQUIRED.get(d.get("type"), ()))
+    need = list(REQUIRED_FIELDS.get(d.get("type"), ()))
     if "angles_deg" not in d:
         need += ["n_views", "arc_deg"]
     missing = [k for k in need if d.get(k) is None]
@@ -381,7 +365,8 @@ def _limited_angle(geom, missing_deg: float, start_deg):
     try:
         return missing_wedge_mask(geom, missing_deg, start_deg)
     except ValueError as e:
-        raise CLIError(f"--missing-deg {missing_deg:g} / --start-deg {start_deg}: {e}") from None
+        start = "" if start_deg is None else f" --start-deg {start_deg:g}"
+        raise CLIError(f"--missing-deg {missing_deg:g}{start}: {e}") from None
 
 
 def _option_masks(geom, args) -> list:

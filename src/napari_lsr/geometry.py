@@ -238,8 +238,8 @@ Geometry = Union[ParallelBeam, FanBeam]
 _TYPES = {"ParallelBeam": ParallelBeam, "FanBeam": FanBeam}
 
 
-_REQUIRED = {"ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),
-             "FanBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm", "sid_mm", "sdd_mm")}
+REQUIRED_FIELDS = {"ParallelBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm"),
+                   "FanBeam": ("image_size", "pixel_size_mm", "n_det", "det_spacing_mm", "sid_mm", "sdd_mm")}
 
 
 def geometry_from_dict(d: dict) -> Geometry:
@@ -255,7 +255,7 @@ def geometry_from_dict(d: dict) -> Geometry:
     unknown = set(d) - fields
     if unknown:
         raise ValueError(f"unknown {kind} geometry fields: {sorted(unknown)}")
-    need = list(_REQUIRED[kind]) + ([] if d.get("angles_deg") is not None else ["n_views", "arc_deg"])
+    need = list(REQUIRED_FIELDS[kind]) + ([] if d.get("angles_deg") is not None else ["n_views", "arc_deg"])
     missing = [k for k in need if d.get(k) is None]
     if missing:
         raise ValueError(f"{kind} geometry is missing the required field(s) {', '.join(missing)} "
