@@ -43,6 +43,8 @@ import math
 
 import numpy as np
 
+from .profiles import bump as _bump, ramp as _ramp
+
 Z_RANGE = (0.0, 180.0)  # mm, table positions of head slices; z grows towards the vertex
 
 # -- reference profiles (adult, reference mm) over the anatomical height h ------------------
@@ -97,18 +99,6 @@ _NW = _profile([(-90, 6), (-45, 8), (-40, 14), (-35, 16), (-30, 15), (-26, 12), 
 
 def _at(prof, h):
     return float(np.interp(h, _HG, prof))
-
-
-def _bump(z, lo, hi):
-    """Ellipsoid-like presence profile: 1 in the middle of [lo, hi], 0 outside."""
-    t = (2.0 * z - lo - hi) / (hi - lo)
-    return float(np.sqrt(max(0.0, 1.0 - t * t)))
-
-
-def _ramp(z, lo, hi):
-    """Smooth 0 -> 1 step between lo and hi (hi < lo gives a falling step)."""
-    t = min(max((z - lo) / (hi - lo), 0.0), 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 # -- random draws ---------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 from . import phantom_head
+from .profiles import bump as _bump, ramp as _ramp
 
 REGIONS = ("thorax", "abdomen", "pelvis", "head")
 _REGION_P = (0.3, 0.3, 0.2, 0.2)
@@ -55,18 +56,6 @@ def ct_noise(rng: np.random.Generator, shape) -> np.ndarray:
     w = rng.standard_normal(shape, np.float32)
     n = ndimage.gaussian_filter(w, 0.8) - 0.5 * ndimage.gaussian_filter(w, 2.5)
     return n / max(float(n.std()), 1e-6)
-
-
-def _bump(z, lo, hi):
-    """Ellipsoid-like presence profile: 1 in the middle of [lo, hi], 0 outside."""
-    t = (2.0 * z - lo - hi) / (hi - lo)
-    return float(np.sqrt(max(0.0, 1.0 - t * t)))
-
-
-def _ramp(z, lo, hi):
-    """Smooth 0 -> 1 step between lo and hi (hi < lo gives a falling step)."""
-    t = min(max((z - lo) / (hi - lo), 0.0), 1.0)
-    return t * t * (3.0 - 2.0 * t)
 
 
 class _Canvas:
