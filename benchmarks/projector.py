@@ -188,7 +188,34 @@ def peers(geom_dict, threads, repeats) -> dict:
         out["torchskradon_fwd_bwd_s"] = _median_time(tsr, repeats)
     except ImportError:
         out["torchskradon_fwd_bwd_s"] = None
+    out["astra_linear_fwd_bwd_s"] = _astra_fwd_bwd(geom_dict, img.astype(np.float32), repeats)
     return out
+
+
+def _astra_fwd_bwd(geom_dict, img, repeats):
+    """ASTRA's CPU 'linear' parallel-beam projector: forward + backprojection (its adjoint),
+    same grid, angles and detector (in pixel units), or None when ASTRA is not installed."""
+    try:
+        import astra
+    except ImportError:
+        return None
+    n = geom_dict["image_size"]
+    px = geom_dict["pixel_size_mm"]
+    angles = np.deg2rad(geom_dict.get("start_deg", 0.0) + geom_dict["arc_deg"]
+                        * np.arange(geom_dict["n_views"]) / geom_dict["n_views"])
+    vol = astra.create_vol_geom(n, n)
+    proj = astra.create_proj_geom("parallel", geom_dict["det_spacing_mm"] / px, geom_dict["n_det"],
+                                  angles)
+    pid = astra.create_projector("linear", proj, vol)
+
+    def fwd_bwd():
+        sid, sino = astra.create_sino(img, pid)
+        bid, _ = astra.create_backprojection(sino, pid)
+        astra.data2d.delete([sid, bid])
+    try:
+        return _median_time(fwd_bwd, repeats)
+    finally:
+        astra.projector.delete(pid)
 
 
 def main(argv=None):
@@ -233,14 +260,15 @@ def main(argv=None):
     }
     print()
     hdr = (f"{'case':30} {'method':12} {'T':>1} {'views':>7} {'est MB':>7} {'held MB':>7} {'build s':>7} "
-           f"{'peak MB':>7} {'disk s':>6} {'dpeak MB':>8} {'fwd s':>6} {'adj s':>6} {'f+b s':>6} {'fbp s':>6} {'ski f s':>7}")
+           f"{'peak MB':>7} {'disk s':>6} {'dpeak MB':>8} {'fwd s':>6} {'adj s':>6} {'f+b s':>6} {'fbp s':>6} {'ski f s':>7} {'astra f+b':>9}")
     print(hdr)
     for r in rows:
         print(f"{r['case']:30} {r['method']:12} {'y' if r['transpose_stored'] else 'n':>1} "
               f"{str(r['stored_views']) + '/' + str(r['views']):>7} {r['estimate_mb']:>7.0f} {r['held_mb']:>7.0f} "
               f"{r['build_s']:>7.1f} {r['build_peak_mb']:>7.0f} {r['disk_setup_s']:>6.2f} {r['disk_peak_mb']:>8.0f} "
               f"{r['fwd_s']:>6.3f} {r['adjoint_s']:>6.3f} {r['fwd_bwd_s']:>6.3f} {r.get('fbp_s', float('nan')):>6.2f} "
-              f"{(r.get('skimage_fwd_s') or float('nan')):>7.3f}")
+              f"{(r.get('skimage_fwd_s') or float('nan')):>7.3f} "
+              f"{(r.get('astra_linear_fwd_bwd_s') or float('nan')):>9.3f}")
     print("verdict:", verdict)
     import torch
     out = Path(args.out)
@@ -252,7 +280,9 @@ def main(argv=None):
         "note": ("peak_mb: growth of the child's VmHWM over its RSS after imports (build: cold disk "
                  "cache; disk: second process loading the cached matrix); times on one CPU thread, "
                  "shared machine (a training job on the other core). skimage radon is forward only "
-                 "and parallel only; torchskradon is not installed here (null)."),
+                 "and parallel only; astra_linear_fwd_bwd_s: ASTRA's CPU 'linear' projector forward + "
+                 "backprojection (parallel only, pip install astra-toolbox); torchskradon is not "
+                 "installed here (null)."),
         "rows": rows, "verdict": verdict}, indent=2))
     print(f"wrote {out}")
     import shutil

@@ -548,3 +548,29 @@ def test_evaluate_writes_table_and_figure(tmp_path, tiny_model_path, task):
     assert (out / "figure.png").stat().st_size > 1000
     summary = json.loads((out / "results.json").read_text())
     assert summary["n_cases"] == 2
+
+
+def test_ctrl_c_keeps_the_finished_slices(tmp_path, tiny_model_path, capsys, monkeypatch):
+    """The first Ctrl-C stops after the current step and writes the slices finished so far."""
+    import signal
+
+    import napari_lsr.lsr as engine
+    sino_p, mask_p, geom_p, sino, _ = _sino_files(tmp_path, n=3)
+    real = engine.lsr_correct_volume
+
+    def interrupted(*a, callback=None, **k):
+        def cb(s0, step, loss, preview):
+            if s0 == 1 and step == 1:
+                os.kill(os.getpid(), signal.SIGINT)  # the user presses Ctrl-C on slice 1
+            return callback(s0, step, loss, preview)
+        return real(*a, callback=cb, **k)
+    monkeypatch.setattr(engine, "lsr_correct_volume", interrupted)
+    out = tmp_path / "part.tif"
+    code = main(["correct", "--sinogram", str(sino_p), "--mask", str(mask_p), "--geometry",
+                 str(geom_p), "--out", str(out), "--model", tiny_model_path, *TINY])
+    cap = capsys.readouterr()
+    assert code == 0, cap.err
+    assert "aborted: writing the 1 finished slice(s) of 3" in cap.err
+    assert read_tiff(out).hu.shape == (1, 32, 32)
+    assert json.loads(out.with_name("part.tif.report.json").read_text())["aborted_after_slices"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored

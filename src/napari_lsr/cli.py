@@ -107,7 +107,9 @@ def _unused_dir(path: Path) -> Path:
     return candidate
 
 
-def _progress_printer(label: str, total: int, every: int = 25):
+def _progress_printer(label: str, total: int, every: int = 25, abort=None):
+    """LSR callback printing progress every ``every`` steps; it stops the run (returns True)
+    once ``abort`` (a threading.Event, e.g. set by Ctrl-C) is set."""
     start = time.perf_counter()
 
     def callback(*args):
@@ -116,8 +118,37 @@ def _progress_printer(label: str, total: int, every: int = 25):
             prefix = f"slice {args[0]} " if len(args) == 4 else ""
             print(f"  {label} {prefix}step {step:4d}/{total}  loss {loss:.3e}  "
                   f"{time.perf_counter() - start:5.1f} s", flush=True)
-        return False
+        return abort is not None and abort.is_set()
     return callback
+
+
+class _CtrlC:
+    """While active, the first Ctrl-C sets ``event`` (the run stops after its current step and
+    the finished slices are kept); a second one interrupts at once."""
+
+    def __init__(self):
+        import threading
+        self.event = threading.Event()
+
+    def _handler(self, signum, frame):
+        if self.event.is_set():
+            raise KeyboardInterrupt
+        self.event.set()
+        print("\nCtrl-C: stopping after the current step; the finished slices will be written "
+              "(Ctrl-C again to quit at once)", file=sys.stderr, flush=True)
+
+    def __enter__(self):
+        import signal
+        import threading
+        self._old = None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGINT, self._handler)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+        if self._old is not None:
+            signal.signal(signal.SIGINT, self._old)
 
 
 # ----------------------------------------------------------------------------------------
@@ -638,13 +669,23 @@ def run_correct(args) -> int:
     else:
         sinos, mask, geom, spacing, crop = _measured_input(args, report)
     total = args.steps + args.lbfgs_steps
-    res = lsr_correct_volume(sinos, mask, geom, model=model, steps=args.steps, warm_steps=args.warm_steps,
-                             lbfgs_steps=args.lbfgs_steps, batch_size=args.batch_size, device=args.device,
-                             seed=args.seed, join=not args.no_join, fbp_filter=FBP_FILTER,
-                             callback=_progress_printer("LSR", total))
+    with _CtrlC() as ctrl_c:
+        res = lsr_correct_volume(sinos, mask, geom, model=model, steps=args.steps,
+                                 warm_steps=args.warm_steps, lbfgs_steps=args.lbfgs_steps,
+                                 batch_size=args.batch_size, device=args.device, seed=args.seed,
+                                 join=not args.no_join, fbp_filter=FBP_FILTER,
+                                 callback=_progress_printer("LSR", total, abort=ctrl_c.event))
+    done = int(res.slices_done)
+    if res.stopped:
+        if done == 0:
+            print("aborted before the first slice was finished; nothing written", file=sys.stderr)
+            return 130
+        print(f"aborted: writing the {done} finished slice(s) of {len(sinos)}", file=sys.stderr)
+        sinos = sinos[:done]
+        report["aborted_after_slices"] = done
     uncorrected = reconstruct_hu(np.where(np.isfinite(sinos), sinos, 0.0).astype(np.float32), geom,
                                  filter=FBP_FILTER)
-    image = res.image_hu
+    image = res.image_hu[:done]
     if crop is not None:
         image, uncorrected = image[:, crop[0], crop[1]], uncorrected[:, crop[0], crop[1]]
     meta = {"geometry": geom.to_dict(), "units": "HU", "fbp_filter": FBP_FILTER}
@@ -654,7 +695,7 @@ def run_correct(args) -> int:
     write_tiff(unc_path, uncorrected, spacing, overwrite=args.overwrite,
                metadata={**meta, "method": "uncorrected FBP (missing data as measured, NaN as 0)"})
     if args.sinogram_out:
-        write_tiff(outputs["--sinogram-out"], res.sinogram, (spacing[0], 1.0, geom.det_spacing_mm),
+        write_tiff(outputs["--sinogram-out"], res.sinogram[:done], (spacing[0], 1.0, geom.det_spacing_mm),
                    metadata={"geometry": geom.to_dict(), "units": "line integral"}, overwrite=args.overwrite)
     fits = list(getattr(res, "fits", None) or [])
     report.update(geometry=geom.to_dict(), slices=int(res.slices_done), fbp_filter=FBP_FILTER,
@@ -675,9 +716,6 @@ def run_correct(args) -> int:
 # ----------------------------------------------------------------------------------------
 # parser
 # ----------------------------------------------------------------------------------------
-_TRAIN_HELP_FALLBACK = {"--no-progress": "no progress bar or per-step printout"}
-
-
 def build_parser() -> argparse.ArgumentParser:
     from .evaluate import add_evaluate_arguments, run_evaluate
     from .train import add_train_arguments, run_train
@@ -737,13 +775,6 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a prior on phantoms and/or your own CT data")
     add_train_arguments(tr)
-    if "--overwrite" not in tr._option_string_actions:
-        tr.add_argument("--overwrite", action="store_true", help="allow replacing an existing --out "
-                        "checkpoint and its _last.pt / _history files (--resume continues them)")
-    for action in tr._actions:
-        for flag in action.option_strings:
-            if not action.help and flag in _TRAIN_HELP_FALLBACK:
-                action.help = _TRAIN_HELP_FALLBACK[flag]
     tr.set_defaults(func=run_train)
 
     ev = sub.add_parser("evaluate", help="Table-1 style evaluation against baselines on held-out data")
