@@ -39,6 +39,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lbfgs-steps", type=int, default=5)
     ap.add_argument("--fom-mm", type=float, default=250.0)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "volume.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -76,7 +77,8 @@ def main(argv=None) -> int:
         return False
 
     t1 = time.perf_counter()
-    res = lsr.lsr_correct_volume(sinos, mask, geom, steps=args.steps, warm_steps=args.warm_steps,
+    res = lsr.lsr_correct_volume(sinos, mask, geom, model=lsr.load_model(args.model),
+                                 steps=args.steps, warm_steps=args.warm_steps,
                                  lbfgs_steps=args.lbfgs_steps, batch_size=args.batch,
                                  callback=progress)
     t_lsr = time.perf_counter() - t1
