@@ -94,3 +94,21 @@ def test_phantom_bank_made_once_and_mixed_with_fresh_phantoms(tmp_path):
     mtime = bank.stat().st_mtime_ns
     BatchSource(cfg, cfg.vae_config())  # an existing bank is reused, not made again
     assert bank.stat().st_mtime_ns == mtime
+
+
+def test_spike_guard_skips_exploding_and_non_finite_losses():
+    from napari_lsr.train import SpikeGuard
+    g = SpikeGuard(factor=4.0, window=10, warmup=5)
+    assert not any(g.bad(v) for v in [1.0, 1.1, 0.9, 1.0, 1.2, 1.0])
+    assert g.bad(float("nan")) and g.bad(50.0) and not g.bad(1.5)
+
+
+def test_init_from_continues_from_weights(tmp_path):
+    a = tmp_path / "a.pt"
+    train(TrainConfig(out=str(a), steps=4, epoch_steps=2, **TINY))
+    b = tmp_path / "b.pt"
+    train(TrainConfig(out=str(b), steps=2, epoch_steps=2, init_from=str(a), **TINY))
+    assert load_model(b).training_summary["train_config"]["init_from"] == str(a)
+    with pytest.raises(ValueError, match="config differs"):
+        train(TrainConfig(out=str(tmp_path / "c.pt"), steps=2, epoch_steps=2, init_from=str(a),
+                          **{**TINY, "latent_dim": 4}))

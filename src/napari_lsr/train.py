@@ -90,6 +90,7 @@ class TrainConfig:
     data_fraction: float = 0.25
     augment: bool = True
     resume: bool = False
+    init_from: str | None = None          # start from these weights (fresh optimiser)
     device: str = "auto"
     threads: int | None = 2
     bf16: bool = True                     # bfloat16 autocast (CPU and CUDA)
@@ -352,6 +353,25 @@ def _lr_lambda(cfg: TrainConfig):
     return f
 
 
+class SpikeGuard:
+    """Flags a training loss that is not finite or above ``factor`` times the median of the
+    last ``window`` accepted losses (after ``warmup`` of them)."""
+
+    def __init__(self, factor: float = 4.0, window: int = 200, warmup: int = 50):
+        from collections import deque
+        self.factor, self.warmup = factor, warmup
+        self.recent = deque(maxlen=window)
+        self.skipped = 0
+
+    def bad(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return True
+        if len(self.recent) >= self.warmup and value > self.factor * float(np.median(self.recent)):
+            return True
+        self.recent.append(value)
+        return False
+
+
 def elbo_loss(model, x: torch.Tensor, beta: float, soft_tissue_weight: float, mc: VAEConfig):
     """Returns (loss, weighted L1 in normalised units, KL per image in nats)."""
     recon, mu, logvar = model(x)
@@ -449,6 +469,17 @@ def _train(cfg, rank, world, device, dist) -> Path:
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(cfg))
     step, history, best, bad_epochs, elapsed0 = 0, [], float("inf"), 0, 0.0
+    spike_guard = SpikeGuard()
+
+    if cfg.init_from and not (cfg.resume and paths["last"].is_file()):
+        src = model_from_checkpoint(read_checkpoint(cfg.init_from), cfg.init_from)
+        if src.config != mc:
+            raise ValueError(f"--init-from {cfg.init_from}: its model config differs from this "
+                             f"run's ({src.config} vs {mc})")
+        model.load_state_dict(src.state_dict())
+        if main:
+            print(f"initialised from {cfg.init_from} (step {src.training_summary.get('steps')})",
+                  flush=True)
 
     if cfg.resume and paths["last"].is_file():
         ckpt = read_checkpoint(paths["last"])
@@ -494,6 +525,7 @@ def _train(cfg, rank, world, device, dist) -> Path:
             except ImportError:
                 bar = None
         t_ep = time.perf_counter()
+        skipped0 = spike_guard.skipped
         for _ in range(n_ep):
             x = source.batch(step).to(device)
             if cfg.channels_last:
@@ -501,13 +533,22 @@ def _train(cfg, rank, world, device, dist) -> Path:
             beta = cfg.beta * min(1.0, (step + 1) / max(1, cfg.kl_warmup_steps))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, l1, kl = elbo_loss(net, x, beta, cfg.soft_tissue_weight, mc)
+            value = loss.item()
+            if spike_guard.bad(value):
+                # a non-finite or exploding loss: skip this batch rather than let one step
+                # wreck Adam's moments (seen once per few thousand steps in bfloat16)
+                spike_guard.skipped += 1
+                opt.zero_grad(set_to_none=True)
+                sched.step()
+                step += 1
+                continue
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             opt.step()
             sched.step()
             step += 1
-            sums += [loss.item(), l1.item(), kl.item()]
+            sums += [value, l1.item(), kl.item()]
             if bar is not None:
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss.item():.4f}", kl=f"{kl.item():.0f}")
@@ -516,13 +557,15 @@ def _train(cfg, rank, world, device, dist) -> Path:
         if bar is not None:
             bar.close()
         s_per_step = (time.perf_counter() - t_ep) / n_ep
+        n_used = max(1, n_ep - (spike_guard.skipped - skipped0))
         stop = torch.zeros(1)
         if main:
             val = reconstruction_metrics(model, val_hu)
             rec = {"step": step, "epoch": len(history) + 1, "elapsed_s": time.time() - t0,
                    "lr": sched.get_last_lr()[0], "s_per_step": s_per_step,
-                   "train_loss": sums[0] / n_ep,
-                   "train_l1": sums[1] / n_ep, "train_kl": sums[2] / n_ep,
+                   "train_loss": sums[0] / n_used,
+                   "train_l1": sums[1] / n_used, "train_kl": sums[2] / n_used,
+                   "skipped_steps": spike_guard.skipped - skipped0,
                    **{f"val_{k}": v for k, v in val.items() if k != "n"}}
             history.append(rec)
             print(json.dumps({k: round(v, 5) if isinstance(v, float) else v
@@ -631,6 +674,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="epochs without improvement before stopping (default: %(default)s)")
     a("--max-minutes", type=float, default=None, help="wall-time budget (default: none)")
     a("--resume", action="store_true", help="continue from <stem>_last.pt")
+    a("--init-from", default=None, help="start from the weights of this checkpoint (same "
+      "architecture; fresh optimiser and schedule) (default: none)")
     a("--overwrite", action="store_true", help="allow replacing an existing --out checkpoint "
       "and its _last.pt / _history files")
     a("--device", default=d.device, choices=("auto", "cpu", "cuda"),

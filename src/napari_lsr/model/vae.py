@@ -151,6 +151,13 @@ class SelfAttention(nn.Module):
         return x + a.out_proj(t).transpose(1, 2).reshape(b, c, h, w)
 
 
+# log-variance bounds: posteriors at most e^2 times wider than N(0, 1); a conditional prior
+# between e^-5 and e^2 (whitening amplifies by at most e^2.5). Wider bounds let a single bad
+# batch blow the KL up to ~1e5 nats and wreck training (seen at step ~4 500 in bfloat16).
+POSTERIOR_LOGVAR = (-16.0, 2.0)
+PRIOR_LOGVAR = (-5.0, 2.0)
+
+
 class ConditionalPrior(nn.Module):
     """Prior of the spatial latent given the global vector: g (B, latent_dim) -> (mu, logvar),
     each (B, C * s * s). Starts as N(0, I) (last convolution zero)."""
@@ -169,7 +176,7 @@ class ConditionalPrior(nn.Module):
     def forward(self, g: torch.Tensor):
         h = self.lin(g).view(g.shape[0], self.channels, self.size, self.size)
         mu, logvar = self.net(h).chunk(2, dim=1)
-        return mu.flatten(1), logvar.flatten(1).clamp(-10.0, 5.0)
+        return mu.flatten(1), logvar.flatten(1).clamp(*PRIOR_LOGVAR)
 
 
 class VAE(nn.Module):
@@ -237,25 +244,28 @@ class VAE(nn.Module):
     # -- network -----------------------------------------------------------------------------
     def _posterior(self, x: torch.Tensor):
         """Normalised image -> (mu, logvar) of the global latent and (if any) of the spatial
-        latent itself (before whitening), each (B, n)."""
+        latent itself (before whitening), each (B, n), in float32 (also under autocast)."""
         h = x * 2.0 - 1.0
         tap = None
         for i, m in enumerate(self.encoder):
             h = m(h)
             if i == self._enc_tap:
                 tap = h
-        mu, logvar = self.to_latent(h.flatten(1)).chunk(2, dim=1)
-        if tap is None:
-            return (mu, logvar.clamp(-30.0, 20.0)), None
-        smu, slogvar = self.to_spatial(tap).chunk(2, dim=1)
-        return (mu, logvar.clamp(-30.0, 20.0)), (smu.flatten(1), slogvar.flatten(1).clamp(-30.0, 20.0))
+        with torch.autocast(h.device.type, enabled=False):
+            mu, logvar = self.to_latent(h.float().flatten(1)).chunk(2, dim=1)
+            if tap is None:
+                return (mu, logvar.clamp(*POSTERIOR_LOGVAR)), None
+            smu, slogvar = self.to_spatial(tap.float()).chunk(2, dim=1)
+        return ((mu, logvar.clamp(*POSTERIOR_LOGVAR)),
+                (smu.flatten(1), slogvar.flatten(1).clamp(*POSTERIOR_LOGVAR)))
 
     def _whiten(self, z_global, spatial):
         """Spatial posterior (mu, logvar) -> the same in the whitened coordinates of the
         conditional prior at ``z_global`` (KL to N(0, I) there equals the KL to the prior)."""
         if spatial is None or not hasattr(self, "spatial_prior"):
             return spatial
-        pmu, plogvar = self.spatial_prior(z_global)
+        with torch.autocast(z_global.device.type, enabled=False):
+            pmu, plogvar = self.spatial_prior(z_global.float())
         smu, slogvar = spatial
         return (smu - pmu) * torch.exp(-0.5 * plogvar), slogvar - plogvar
 
