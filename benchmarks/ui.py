@@ -66,13 +66,13 @@ def main():
 
     from napari_lsr._sample_data import truncated_sinogram
     from napari_lsr._widgets import AcquireWidget, ExportWidget, LSRWidget, MaskWidget
-    from napari_lsr._widgets._common import add_layer, image_layer
+    from napari_lsr._widgets._common import add_layer
     from napari_lsr._widgets.lsr import DEFAULT_MODEL, MODEL_FILE
     from napari_lsr.model import DEFAULT_PATH, VAE, VAEConfig, save_checkpoint
 
     torch.set_num_threads(args.threads)
     viewer = napari.Viewer(title="napari-lsr", show=True)
-    viewer.window._qt_window.resize(1700, 1000)
+    viewer.window._qt_window.resize(1366, 768)  # a laptop screen
     acquire, mask_w, export = AcquireWidget(viewer), MaskWidget(viewer), ExportWidget(viewer)
     lsr_w = LSRWidget(viewer)
     viewer.window.add_dock_widget(lsr_w, name="LSR correction", area="right")
@@ -84,14 +84,9 @@ def main():
     t0 = time.perf_counter()
     layers = truncated_sinogram(n_slices=1)
     t_sample = time.perf_counter() - t0
-    added = [add_layer(viewer, ld) for ld in layers]
-    gt, sino, mask = added
-    from napari_lsr import Projector, mu_to_hu
-    from napari_lsr._widgets._common import layer_geometry
-    geom = layer_geometry(sino)
-    fbp = mu_to_hu(Projector(geom).fbp(sino.data).numpy())
-    add_layer(viewer, image_layer(fbp, "uncorrected FBP (truncated)", [1.0, 1.5, 1.5], geom))
-    viewer.grid.enabled = True
+    added = [add_layer(viewer, ld) for ld in layers]  # the sample: image, sinogram, mask, FBP
+    sino = next(layer for layer in added if layer.metadata.get("units") == "line integral")
+    mask = next(layer for layer in added if "valid" in str(layer.metadata.get("units", "")))
     viewer.reset_view()
     app.processEvents()
 
@@ -163,6 +158,8 @@ def main():
 
     # the same engine call without the GUI (main thread, viewer idle), for comparison
     from napari_lsr import lsr_correct
+    from napari_lsr._widgets._common import layer_geometry
+    geom = layer_geometry(sino)
     t0, engine_steps = time.perf_counter(), []
     lsr_correct(sino.data[0], mask.data[0], geom, model=lsr_w.load_model(lsr_w._model_key()),
                 steps=3, lbfgs_steps=0, device="cpu",
