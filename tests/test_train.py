@@ -101,6 +101,10 @@ def test_spike_guard_skips_exploding_and_non_finite_losses():
     g = SpikeGuard(factor=4.0, window=10, warmup=5)
     assert not any(g.bad(v) for v in [1.0, 1.1, 0.9, 1.0, 1.2, 1.0])
     assert g.bad(float("nan")) and g.bad(50.0) and not g.bad(1.5)
+    g = SpikeGuard(factor=4.0, window=10, warmup=5, max_run=3)
+    for v in [1.0] * 6:
+        g.bad(v)
+    assert [g.bad(10.0) for _ in range(5)] == [True, True, True, False, False]  # a new level
 
 
 def test_init_from_continues_from_weights(tmp_path):

@@ -355,19 +355,27 @@ def _lr_lambda(cfg: TrainConfig):
 
 class SpikeGuard:
     """Flags a training loss that is not finite or above ``factor`` times the median of the
-    last ``window`` accepted losses (after ``warmup`` of them)."""
+    last ``window`` accepted losses (after ``warmup`` of them). After ``max_run`` flagged
+    losses in a row the level has really changed: the window restarts from there."""
 
-    def __init__(self, factor: float = 4.0, window: int = 200, warmup: int = 50):
+    def __init__(self, factor: float = 4.0, window: int = 200, warmup: int = 50,
+                 max_run: int = 20):
         from collections import deque
-        self.factor, self.warmup = factor, warmup
+        self.factor, self.warmup, self.max_run = factor, warmup, max_run
         self.recent = deque(maxlen=window)
         self.skipped = 0
+        self.run = 0
 
     def bad(self, value: float) -> bool:
         if not math.isfinite(value):
             return True
-        if len(self.recent) >= self.warmup and value > self.factor * float(np.median(self.recent)):
+        if (len(self.recent) >= self.warmup and value > self.factor * float(np.median(self.recent))
+                and self.run < self.max_run):
+            self.run += 1
             return True
+        if self.run >= self.max_run:
+            self.recent.clear()
+        self.run = 0
         self.recent.append(value)
         return False
 
