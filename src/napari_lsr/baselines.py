@@ -73,21 +73,23 @@ def reconstruct_hu(sino, geom: Geometry, filter: str = DEFAULT_FILTER,
 
 def nmar(sino, mask, geom: Geometry, air_threshold_hu: float = -500.0,
          bone_threshold_hu: float = 350.0, smooth_px: float = 1.0, eps: float = 0.1,
-         mu_water: float | None = None) -> np.ndarray:
+         mu_water: float | None = None, image_hu=None) -> np.ndarray:
     """Normalised MAR (Meyer et al., Med. Phys. 37(10):5482, 2010).
 
     LI -> FBP -> smooth (Gaussian, ``smooth_px``) -> prior image: air (below
     ``air_threshold_hu``) -1000 HU, soft tissue 0 HU, bone (above ``bone_threshold_hu``)
     kept -> forward projection -> the sinogram is divided by ``prior + eps``, interpolated
     across the trace in that normalised domain and multiplied back. ``eps`` (a line
-    integral, ~5 mm of water) keeps rays that graze the body edge from blowing up."""
+    integral, ~5 mm of water) keeps rays that graze the body edge from blowing up.
+    ``image_hu``: the image the prior is classified from (default: the FBP of the LI
+    sinogram), e.g. an LSR result, whose metal streaks are already gone."""
     from .projector import Projector
 
     mu_water = scan_mu_water(geom, mu_water)
     sino, valid = _prepare(sino, mask, geom)
     li = interpolate_views(sino, valid)
-    img = ndimage.gaussian_filter(reconstruct_hu(li, geom, mu_water=mu_water),
-                                  sigma=[0] * (li.ndim - 2) + [smooth_px] * 2)
+    base = reconstruct_hu(li, geom, mu_water=mu_water) if image_hu is None else np.asarray(image_hu)
+    img = ndimage.gaussian_filter(base, sigma=[0] * (li.ndim - 2) + [smooth_px] * 2)
     prior_hu = np.where(img < air_threshold_hu, -1000.0,
                         np.where(img > bone_threshold_hu, img, 0.0))
     prior = Projector(geom).forward(hu_to_mu(prior_hu, mu_water).astype(np.float32)).numpy()

@@ -86,7 +86,20 @@ def _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed, lsr_option
     with torch.no_grad():
         gen_sino = P.forward(hu_to_mu(torch.as_tensor(res.generated_hu))).numpy()
     plain = np.where(mask == 1, sino, gen_sino.astype(sino.dtype))
-    return {"LSR": (reconstruct_hu(plain, geom, FBP_FILTER), plain), "LSR + smooth join": (res.image_hu, res.sinogram)}, res
+    out = {"LSR": (reconstruct_hu(plain, geom, FBP_FILTER), plain),
+           "LSR + smooth join": (res.image_hu, res.sinogram)}
+    if (np.asarray(mask) == 0).any() and _interior_gaps(mask):
+        # NMAR's normalised interpolation with the LSR image (no metal streaks) as its prior
+        guided = baselines.nmar(sino, mask, geom, image_hu=res.image_hu)
+        out["LSR-guided NMAR"] = (reconstruct_hu(guided, geom, FBP_FILTER), guided)
+    return out, res
+
+
+def _interior_gaps(mask) -> bool:
+    """True when the missing entries are gaps inside the detector rows (metal traces), not
+    runs reaching the detector's ends (truncation)."""
+    m = np.asarray(mask) == 0
+    return not (m[..., 0].any() or m[..., -1].any())
 
 
 def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs_steps: int,
