@@ -104,3 +104,15 @@ def test_bad_input():
     with pytest.raises(ValueError, match="no valid"):
         baselines.li_mar(sino, np.zeros_like(mask))
     assert np.array_equal(baselines.detruncate(sino + 1, np.ones_like(mask), PAR), sino + 1)
+
+
+def test_nmar_prior_from_a_given_image(metal_case, slice_hu):
+    """nmar(image_hu=...) classifies its prior from that image: the clean slice gives a
+    better correction than the LI image's streaky one."""
+    c = metal_case
+    region = body_mask(slice_hu) & ~c.metal_image_mask
+    own = baselines.reconstruct_hu(baselines.nmar(c.sinogram, c.mask, PAR), PAR)
+    oracle = baselines.nmar(c.sinogram, c.mask, PAR, image_hu=slice_hu)
+    assert_measured_kept(oracle, c.sinogram, c.mask)
+    err = lambda img: np.abs(img - slice_hu)[region].mean()  # noqa: E731
+    assert err(baselines.reconstruct_hu(oracle, PAR)) < err(own)
