@@ -146,3 +146,30 @@ def test_conditional_spatial_prior_keeps_z_standard_normal_and_round_trips(tmp_p
     assert torch.allclose(m2.decode_normalised(z), m.decode_normalised(z))
     with pytest.raises(ValueError, match="spatial_prior"):
         VAEConfig(spatial_prior="learned")
+
+
+def test_latent_calibration_public_coordinates_and_old_files(tmp_path):
+    """After calibrate_latent, public u = 0 decodes the average training slice's latent and
+    encode/decode round-trip in public coordinates; files without the calibration load with
+    identity calibration."""
+    cfg = VAEConfig(image_size=32, latent_dim=8, base_channels=4, channel_mults=(1, 2, 4),
+                    attn_heads=2, pixel_size_mm=12.0, spatial_channels=2, spatial_size=16,
+                    spatial_prior="conditional")
+    torch.manual_seed(0)
+    m = VAE(cfg).eval()
+    x = torch.rand(40, 1, 32, 32)
+    raw = m.encode(x)[0]
+    info = m.calibrate_latent(x)
+    assert info["n"] == 40
+    u = m.encode(x)[0]
+    assert torch.allclose(u.mean(0), torch.zeros(cfg.z_size), atol=1e-4)
+    assert torch.allclose(m.from_public(u), raw, atol=1e-4)
+    assert torch.allclose(m.decode_normalised(u), m(x)[0], atol=1e-5)
+    p = save_checkpoint(m, tmp_path / "cal.pt", {})
+    assert torch.equal(load_model(p).latent_shift, m.latent_shift)
+    sd = torch.load(p, weights_only=True)
+    for k in VAE.CALIBRATION_BUFFERS:  # a file from before the calibration existed
+        del sd["state_dict"][k]
+    torch.save(sd, tmp_path / "old.pt")
+    old = load_model(tmp_path / "old.pt")
+    assert torch.equal(old.global_chol, torch.eye(8)) and not old.latent_shift.any()

@@ -16,7 +16,7 @@ from napari_lsr.train import (TRAIN_SEEDS, BatchSource, TrainConfig, add_train_a
 
 TINY = dict(image_size=32, pixel_size_mm=12.0, latent_dim=8, base_channels=4,
             channel_mults=(1, 2, 4, 8), attn_heads=2, stem_factor=1, spatial_channels=0, batch_size=8, lr=3e-3, warmup_steps=2,
-            kl_warmup_steps=10, val_n=4, threads=1, progress=False)
+            kl_warmup_steps=10, val_n=4, threads=1, progress=False, calibration_n=16)
 
 
 def test_tiny_training_loss_falls_and_files(tmp_path):
@@ -58,7 +58,7 @@ def test_cli_user_data_only(tmp_path):
         ["--out", str(tmp_path / "u.pt"), "--data", str(tmp_path / "vol.npy"), "--no-phantoms",
          "--image-size", "64", "--pixel-size-mm", "1.0", "--latent-dim", "8",
          "--base-channels", "4", "--channel-mults", "1", "2", "4", "8", "--attn-heads", "2",
-         "--steps", "4", "--epoch-steps", "2", "--batch-size", "2", "--threads", "1",
+         "--steps", "4", "--epoch-steps", "2", "--batch-size", "2", "--threads", "1", "--calibration-n", "8",
          "--no-progress"])
     assert run_train(args) == 0
     s = load_model(tmp_path / "u.pt").training_summary
@@ -71,7 +71,7 @@ def test_ddp_two_cpu_processes(tmp_path):
            "2", "-m", "napari_lsr.train", "--out", str(out), "--image-size", "64",
            "--pixel-size-mm", "6.0", "--latent-dim", "8", "--base-channels", "4",
            "--channel-mults", "1", "2", "4", "8", "--attn-heads", "2", "--steps", "2",
-           "--epoch-steps", "2", "--batch-size", "2", "--val-n", "2", "--threads", "1",
+           "--epoch-steps", "2", "--batch-size", "2", "--val-n", "2", "--threads", "1", "--calibration-n", "8",
            "--device", "cpu", "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)

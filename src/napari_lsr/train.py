@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model.checkpoint import model_from_checkpoint, read_checkpoint, save_checkpoint
+from .model.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
 from .model.vae import VAE, VAEConfig
 
 TRAIN_SEEDS = 1_000_000
@@ -91,6 +91,7 @@ class TrainConfig:
     augment: bool = True
     resume: bool = False
     init_from: str | None = None          # start from these weights (fresh optimiser)
+    calibration_n: int = 2048             # training slices the public latent is fitted to
     device: str = "auto"
     threads: int | None = 2
     bf16: bool = True                     # bfloat16 autocast (CPU and CUDA)
@@ -604,9 +605,34 @@ def _train(cfg, rank, world, device, dist) -> Path:
             dist.broadcast(stop, 0)
         if stop.item():
             break
-    if main and cfg.phantoms:
-        save_samples_figure(model, Path(f"{paths['best'].with_suffix('')}_samples.png"))
+    if main:
+        calibrate_checkpoint(paths["best"], cfg.calibration_n, source=source, half=cfg.half)
+        if cfg.phantoms:
+            save_samples_figure(load_model(paths["best"]),
+                                Path(f"{paths['best'].with_suffix('')}_samples.png"))
     return paths["best"]
+
+
+def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = None,
+                         half: bool | None = None, seed0: int = 900_000) -> dict:
+    """Fit the public latent of the prior in ``path`` (see ``VAE.calibrate_latent``) to ``n``
+    training slices and write it back (atomically). ``source``: the run's BatchSource (its
+    phantoms and user data); default: phantoms with training seeds from ``seed0``."""
+    ckpt = read_checkpoint(path)
+    model = model_from_checkpoint(ckpt, path)
+    mc = model.config
+    if half is None:
+        half = any(v.dtype == torch.float16 for v in ckpt["state_dict"].values())
+    norm = lambda hu: ((torch.from_numpy(np.asarray(hu, np.float32)) - mc.hu_min)  # noqa: E731
+                       / (mc.hu_max - mc.hu_min)).clamp(0, 1)[:, None]
+    if source is not None:
+        x = torch.cat([source.batch(10**7 + k) for k in range(max(1, n // source.cfg.batch_size))])
+    else:
+        x = norm(phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None))
+    info = model.calibrate_latent(x)
+    summary = {**model.training_summary, "latent_calibration": info}
+    save_checkpoint(model, path, summary, extra=ckpt.get("extra"), half=half)
+    return info
 
 
 # -- command line ---------------------------------------------------------------------------
@@ -695,6 +721,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--no-channels-last", dest="channels_last", action="store_false",
       help="contiguous instead of channels-last memory format")
     a("--seed", type=int, default=d.seed, help="(default: %(default)s)")
+    a("--calibration-n", type=int, default=d.calibration_n, help="training slices the public "
+      "latent (N(0, I) over the training anatomy) is fitted to at the end (default: %(default)s)")
     a("--half", action="store_true", help="store float16 weights (half the file size)")
     a("--no-progress", dest="progress", action="store_false",
       help="no progress bar (one line per 50 steps instead)")

@@ -88,9 +88,13 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint") -> VAE:
     model = VAE(config_from_dict(ckpt["config"], path))
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     try:
-        model.load_state_dict(sd, strict=True)
+        missing, unexpected = model.load_state_dict(sd, strict=False)
     except RuntimeError as e:
         raise ValueError(f"{path}: weights do not match the model config: {e}") from e
+    missing = [k for k in missing if k not in VAE.CALIBRATION_BUFFERS]  # older files: identity
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not match the model config: missing "
+                         f"{missing[:5]}, unexpected {unexpected[:5]}")
     model.training_summary = dict(ckpt["training"])
     return model
 

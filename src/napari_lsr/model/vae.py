@@ -230,6 +230,55 @@ class VAE(nn.Module):
             if cfg.spatial_prior == "conditional":
                 self.spatial_prior = ConditionalPrior(cfg.latent_dim, nb, b, cfg.spatial_size,
                                                       cs)
+        # latent calibration (identity until calibrate_latent): the public z is
+        # u ~ N(0, I) of a Gaussian fitted to the encodings of training slices
+        n_s = cfg.z_size - cfg.latent_dim
+        self.register_buffer("latent_shift", torch.zeros(cfg.z_size))
+        self.register_buffer("global_chol", torch.eye(cfg.latent_dim))
+        self.register_buffer("spatial_scale", torch.ones(n_s))
+
+    CALIBRATION_BUFFERS = ("latent_shift", "global_chol", "spatial_scale")
+
+    # -- latent calibration ------------------------------------------------------------------
+    def from_public(self, u: torch.Tensor) -> torch.Tensor:
+        """Public latent u (LSR's coordinates, N(0, I) over training anatomy) -> the
+        network's z."""
+        d = self.config.latent_dim
+        g = u[:, :d] @ self.global_chol.T
+        return self.latent_shift + torch.cat([g, u[:, d:] * self.spatial_scale], 1)
+
+    def to_public(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's z -> public latent u (inverse of :meth:`from_public`)."""
+        d = self.config.latent_dim
+        z = z - self.latent_shift
+        g = torch.linalg.solve_triangular(self.global_chol, z[:, :d].T, upper=False).T
+        return torch.cat([g, z[:, d:] / self.spatial_scale], 1)
+
+    @torch.no_grad()
+    def calibrate_latent(self, x: torch.Tensor, batch: int = 32) -> dict:
+        """Fit the public latent to the encodings (posterior means) of normalised training
+        slices ``x`` (N,1,S,S): full-covariance Gaussian for the global vector, per-dimension
+        mean and scale for the spatial part. Random draws u ~ N(0, I) then decode to slices
+        like the training anatomy, and LSR starts (u = 0) from the average slice."""
+        was = self.training
+        self.eval()
+        for name in self.CALIBRATION_BUFFERS:  # encode in the network's own coordinates
+            getattr(self, name).copy_(torch.eye(self.config.latent_dim) if name == "global_chol"
+                                      else torch.ones_like(getattr(self, name)) if name == "spatial_scale"
+                                      else torch.zeros_like(getattr(self, name)))
+        mu = torch.cat([self.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)]).double()
+        self.train(was)
+        d = self.config.latent_dim
+        mean = mu.mean(0)
+        cov = torch.cov(mu[:, :d].T) + 1e-4 * torch.eye(d, dtype=torch.float64)
+        self.latent_shift.copy_(mean.float())
+        self.global_chol.copy_(torch.linalg.cholesky(cov).float())
+        if mu.shape[1] > d:
+            self.spatial_scale.copy_(mu[:, d:].std(0).clamp_min(1e-3).float())
+        return {"n": len(mu), "global_mean_norm": float(mean[:d].norm()),
+                "global_std_range": [float(cov.diagonal().sqrt().min()),
+                                     float(cov.diagonal().sqrt().max())],
+                "spatial_scale_mean": float(self.spatial_scale.mean())}
 
     # -- latent layout -----------------------------------------------------------------------
     def split_z(self, z: torch.Tensor):
@@ -270,17 +319,21 @@ class VAE(nn.Module):
         return (smu - pmu) * torch.exp(-0.5 * plogvar), slogvar - plogvar
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, z_size), in the
-        coordinates of z (whitened spatial part for a conditional prior)."""
+        """Normalised image (B,1,S,S) in [0,1] -> (mu, logvar), each (B, z_size): mu in the
+        public coordinates (what :meth:`decode` takes), logvar in the network's."""
         (mu, logvar), spatial = self._posterior(x)
         spatial = self._whiten(mu, spatial)
         if spatial is not None:
             mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
-        return mu, logvar
+        return self.to_public(mu), logvar
 
     def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
-        """Latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1] (the network's own
-        units; :meth:`decode` gives HU)."""
+        """Public latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1] (the network's
+        own units; :meth:`decode` gives HU)."""
+        return self._decode_network(self.from_public(z))
+
+    def _decode_network(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's z -> normalised image."""
         c = self.config
         b = c.bottleneck_size
         zg, zs = self.split_z(z)
@@ -306,7 +359,7 @@ class VAE(nn.Module):
             mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
         else:
             z = zg
-        return self.decode_normalised(z), mu, logvar
+        return self._decode_network(z), mu, logvar
 
     # -- HU mapping --------------------------------------------------------------------------
     def to_hu(self, x01):
@@ -325,11 +378,12 @@ class VAE(nn.Module):
 
     decode_hu = decode  # the name the engine uses: says the unit
 
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n random images in HU, (n, S, S), from z ~ N(0, I)."""
+    def sample(self, n: int, generator: torch.Generator | None = None,
+               temperature: float = 1.0) -> torch.Tensor:
+        """n random images in HU, (n, S, S), from public z ~ N(0, temperature^2 I)."""
         p = next(self.parameters())
-        z = torch.randn(n, self.config.z_size, generator=generator).to(p.device, p.dtype)
-        return self.decode_hu(z)
+        z = temperature * torch.randn(n, self.config.z_size, generator=generator)
+        return self.decode_hu(z.to(p.device, p.dtype))
 
     def n_parameters(self) -> dict:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
