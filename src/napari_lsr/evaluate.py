@@ -231,7 +231,7 @@ def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2, ge
 
 
 def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True, model=None,
-             steps: int = 200, lbfgs_steps: int = 10, fom_fraction: float = 0.6, seed0: int = EVAL_SEED0,
+             steps: int = 500, lbfgs_steps: int = 20, fom_fraction: float = 0.6, seed0: int = EVAL_SEED0,
              geom=None, log=print, lsr_options: Dict | None = None) -> Dict:
     """Run the evaluation; writes ``table.md``, ``results.json`` and ``figure.png`` to out_dir.
 
@@ -292,9 +292,18 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="held-out phantom slices (default: %(default)s)")
     p.add_argument("--no-real", action="store_true", help="skip the real CT slices of pydicom(-data)")
     p.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
-    p.add_argument("--steps", type=int, default=200, help="Adam steps (default: %(default)s)")
-    p.add_argument("--lbfgs-steps", type=int, default=10,
+    p.add_argument("--steps", type=int, default=500,
+                   help="Adam steps at most, as lsr_correct (default: %(default)s)")
+    p.add_argument("--lbfgs-steps", type=int, default=20,
                    help="L-BFGS steps after Adam (default: %(default)s)")
+    p.add_argument("--geometry", choices=sorted(GEOMETRIES), default="parallel",
+                   help="parallel: 360 views over 180 deg on the prior's 256 x 1.5 mm grid; "
+                   "fan-clinical: 900 x 1 mm channels, 720 views, 256 x 0.96 mm (default: "
+                   "%(default)s)")
+    p.add_argument("--full-fit", action="store_true",
+                   help="fit on the full data instead of the data binned to the prior's sampling")
+    p.add_argument("--z-weight", type=float, default=None,
+                   help="LSR's latent prior weight (default: lsr_correct's)")
     p.add_argument("--fom-fraction", type=float, default=0.6,
                    help="FOM diameter / body width, truncation (default: %(default)s)")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0,
@@ -318,7 +327,11 @@ def run_evaluate(args) -> int:
         raise CLIError(f"--out {out}: the folder already holds {', '.join(held[:4])}{more}; pass "
                        "--overwrite to replace its results or choose another --out")
     check_outputs({"--out": out / "results.json"}, overwrite=True)  # writable or creatable
+    options = {"reduce": False} if args.full_fit else {}
+    if args.z_weight is not None:
+        options["z_weight"] = args.z_weight
     evaluate(args.task, out, n_generated=args.n_generated,
              include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
-             lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0)
+             lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0,
+             geom=args.geometry, lsr_options=options)
     return 0
