@@ -3,8 +3,8 @@ both evaluation tasks on a short fixed case list for each weight, side by side.
 
     python benchmarks/z_weight.py [--weights 0 1e-4 1e-3 1e-2] [--model PATH] [--n-generated 3]
 
-Prints a table (LSR + join errors, mean |z|^2 per dimension of the solutions) and writes
-benchmarks/results/z_weight.json.
+Prints one line per weight and task (mean LSR + join error beside the classical reference,
+how many fits passed the fit report) and writes benchmarks/results/z_weight.json.
 """
 
 from __future__ import annotations
@@ -51,8 +51,8 @@ def main(argv=None) -> int:
             if task == "truncation":
                 row["lsr_join_outside_fom_hu"] = float(np.mean(t["LSR + smooth join"]["outside_fom"]))
             rows.append(row)
-            print(json.dumps({k: (round(v, 2) if isinstance(v, float) else v) for k, v in row.items()
-                              if k != "lsr_join_per_case_hu"}), flush=True)
+            print(json.dumps({k: (round(v, 2) if isinstance(v, float) and k != "z_weight" else v)
+                              for k, v in row.items() if k != "lsr_join_per_case_hu"}), flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"model": str(args.model or "bundled default"),
                                           "steps": args.steps, "rows": rows,
