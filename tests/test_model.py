@@ -117,7 +117,7 @@ def test_bundled_default_loads():
     assert m.training_summary["steps"] > 0
     assert DEFAULT_PATH.stat().st_size <= 20 * 2**20
     with torch.no_grad():
-        img = m.decode_hu(torch.zeros(1, m.config.latent_dim))
+        img = m.decode_hu(torch.zeros(1, m.config.z_size))
     assert img.shape == (1, 256, 256) and torch.isfinite(img).all()
 
 

@@ -30,6 +30,7 @@ __all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct
            "smooth_join", "check_inputs", "resolve_device", "noise_rms"]
 
 AIR_HU = -1000.0
+DEFAULT_Z_WEIGHT = 1e-2  # weight of the latent prior term; chosen by benchmarks/z_weight.py
 POOR_FIT_RELATIVE_RESIDUAL = 0.05  # rms misfit / rms valid data above this (and above 3x the
 #                                    noise level) means the prior cannot explain the data
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
@@ -589,7 +590,7 @@ def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, 
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
                 init=None, callback: Optional[Callable] = None, device=None, seed: int = 0,
                 lr: float = 0.05, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
-                z_weight: float = 0.0, early_stop: bool = True, reduce: bool = True,
+                z_weight: float = DEFAULT_Z_WEIGHT, early_stop: bool = True, reduce: bool = True,
                 join: bool = True, feather_bins: int = 16,
                 fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
@@ -661,7 +662,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     masks = np.broadcast_to(masks, sinos.shape)
     mu_water = scan_mu_water(geom, kwargs.get("mu_water"))
     opts = _options(steps, lbfgs_steps, kwargs.get("lr", 0.05), kwargs.get("tol", PLATEAU_TOL),
-                    kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", 0.0),
+                    kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", DEFAULT_Z_WEIGHT),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
                     kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water)
     ctx = _setup(geom, model, device, mu_water, kwargs.get("reduce", True))
