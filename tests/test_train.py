@@ -33,6 +33,16 @@ def test_tiny_training_loss_falls_and_files(tmp_path):
     res = evaluate_reconstruction(m, n=4)
     assert res["seed0"] >= 10_000_000 and np.isfinite([res["mae_hu_body"], res["psnr_db"]]).all()
     assert -1 <= res["ssim"] <= 1
+    # the prior alone on the command line: per-region table, samples figure
+    from napari_lsr.cli import main as cli_main
+    assert cli_main(["evaluate", "--task", "reconstruction", "--model", str(out), "--no-real",
+                     "--n-generated", "2", "--out", str(tmp_path / "rec")]) == 0
+    rec = json.loads((tmp_path / "rec" / "results.json").read_text())
+    assert set(rec["rows"]) == {"phantoms: thorax", "phantoms: abdomen", "phantoms: pelvis",
+                                "phantoms: head", "phantoms: all"}
+    assert rec["rows"]["phantoms: all"]["n"] == 8 and rec["units"]["mae_hu_body"] == "HU"
+    assert (tmp_path / "rec" / "samples.png").stat().st_size > 0
+    assert "| phantoms: head | 2 |" in (tmp_path / "rec" / "table.md").read_text()
 
     # resume continues the step count and history
     train(TrainConfig(out=str(out), steps=40, epoch_steps=10, resume=True, **TINY))
