@@ -461,7 +461,10 @@ def train(config: TrainConfig) -> Path:
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     try:
-        return _train(cfg, rank, world, device, dist)
+        best = _train(cfg, rank, world, device, dist)
+        if dist is not None:  # leave together: a rank that tears gloo down while rank 0
+            dist.barrier()    # still calibrates can abort at exit (SIGABRT)
+        return best
     finally:
         if dist is not None and dist.is_initialized():
             dist.destroy_process_group()
