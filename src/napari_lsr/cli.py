@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from .projector import DEFAULT_FILTER
+from .lsr import DEFAULT_Z_WEIGHT
 
 
 class CLIError(ValueError):
@@ -54,6 +55,7 @@ REPORT_UNITS = {
     "slices": "count", "batch_size": "slices (count)", "views": "count", "n_views": "count",
     "n_det": "detector bins (count)", "image_size": "pixels", "seed": "random seed (integer)",
     "nonfinite_values_in_missing_part": "count", "n_generated": "count",
+    "z_weight": "weight of the latent prior term (dimensionless, per mean squared z)",
 }
 
 
@@ -675,6 +677,7 @@ def run_correct(args) -> int:
                                  warm_steps=args.warm_steps, lbfgs_steps=args.lbfgs_steps,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
                                  join=not args.no_join, fbp_filter=FBP_FILTER,
+                                 z_weight=args.z_weight,
                                  callback=_progress_printer("LSR", total, abort=ctrl_c.event))
     done = int(res.slices_done)
     if res.stopped:
@@ -769,6 +772,8 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--warm-steps", type=int, default=50, help="Adam steps for warm-started slices")
     cor.add_argument("--lbfgs-steps", type=int, default=20, help="L-BFGS steps after Adam, per slice")
     cor.add_argument("--batch-size", type=int, default=1, help="slices optimised together")
+    cor.add_argument("--z-weight", type=float, default=DEFAULT_Z_WEIGHT,
+                     help="weight of LSR's latent prior term z_weight * mean(z^2); 0 = none")
     cor.add_argument("--no-join", action="store_true", help="skip the smooth-join correction")
     cor.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     cor.add_argument("--seed", type=int, default=0, help="random seed (start latent, simulated noise)")
