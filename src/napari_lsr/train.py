@@ -413,9 +413,9 @@ def plot_history(history: list, path) -> None:
 
 @torch.no_grad()
 def save_samples_figure(model: VAE, path, n: int = 4, seed0: int = EVAL_SEED0, seed: int = 0,
-                        window=(-1000.0, 1000.0)) -> None:
-    """PNG with three rows: ``n`` held-out phantoms (seeds from ``seed0``), their
-    reconstructions, and ``n`` random samples decoded from z ~ N(0, I); grey window in HU."""
+                        window=(-1000.0, 1000.0), temperatures=(1.0, 0.7)) -> None:
+    """PNG: ``n`` held-out phantoms (seeds from ``seed0``), their reconstructions, then a row
+    of ``n`` random samples decoded from z ~ N(0, t^2 I) per temperature t; grey window in HU."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -426,13 +426,15 @@ def save_samples_figure(model: VAE, path, n: int = 4, seed0: int = EVAL_SEED0, s
     p = next(model.parameters())
     x = model.from_hu(torch.from_numpy(gt)[:, None].clamp(c.hu_min, c.hu_max)).to(p.device)
     rec = model.to_hu(model(x)[0])[:, 0].cpu().numpy()
-    rnd = model.sample(n, torch.Generator().manual_seed(seed)).cpu().numpy()
+    rows = [("held-out phantom", gt), ("reconstruction", rec)]
+    rows += [(f"random sample, t = {t:g}",
+              model.sample(n, torch.Generator().manual_seed(seed), temperature=t).cpu().numpy())
+             for t in temperatures]
     model.train(was_training)
-    fig = Figure(figsize=(2.4 * n, 7.6))
+    fig = Figure(figsize=(2.4 * n, 2.5 * len(rows) + 0.1))
     FigureCanvasAgg(fig)
-    axes = fig.subplots(3, n, squeeze=False)
-    for row, (name, imgs) in enumerate([("held-out phantom", gt), ("reconstruction", rec),
-                                        ("random sample", rnd)]):
+    axes = fig.subplots(len(rows), n, squeeze=False)
+    for row, (name, imgs) in enumerate(rows):
         for k in range(n):
             ax = axes[row, k]
             ax.imshow(imgs[k], cmap="gray", vmin=window[0], vmax=window[1])
