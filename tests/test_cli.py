@@ -485,14 +485,14 @@ def test_fit_report_printing(capsys):
                                      misfit=1e-3, data_rms=2.0, noise_rms=0.01, relative_residual=0.01 * i,
                                      warnings=list(warn), ok=not warn)
     fits = [fit(i, [f"poor fit: misses the data by {10 + i} % rms"] if i in (3, 4, 5, 9) else []) for i in range(30)]
-    fits[7].warnings.append("the object is as large as the prior's field")
+    fits[7].warnings.append("the object is larger than the prior's field")
     cli.print_fit_reports(fits)
     out, err = capsys.readouterr()
     assert out.count("\n") == 1 and "30 slices" in out and "15 converged" in out and "(slice 29)" in out
     lines = err.splitlines()
     assert len(lines) == 2 and all(ln.startswith("warning: ") for ln in lines)
     assert lines[0].startswith("warning: slices 3-5, 9: poor fit: misses the data by 13 %")
-    assert lines[1] == "warning: slice 7: the object is as large as the prior's field"
+    assert lines[1] == "warning: slice 7: the object is larger than the prior's field"
     cli.print_fit_reports(fits[:2])
     out, err = capsys.readouterr()
     assert out.count("fit slice") == 2 and "11 steps (converged)" in out and err == ""

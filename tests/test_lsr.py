@@ -294,3 +294,29 @@ def test_reduced_geometry_projector_is_adjoint_matched_and_differentiable(tiny_p
     assert abs(lhs - rhs) <= 1e-9 * abs(lhs)
     small = torch.rand(red.geom.image_shape, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(P.forward, (small,), eps=1e-6, atol=1e-6)
+
+
+def test_object_size_warnings_see_the_patient_not_the_table():
+    """A 300 mm body on a 380 mm table in a 384 mm prior: no warning; a 440 mm body: larger
+    than the prior's field; an 80 mm object: smaller than anything the prior knows."""
+    from types import SimpleNamespace
+
+    from napari_lsr.lsr import prior_warnings
+
+    prior = SimpleNamespace(config=SimpleNamespace(image_size=64, pixel_size_mm=6.0))
+    geom = lsr.ParallelBeam(image_size=96, pixel_size_mm=6.0, n_views=60, n_det=140,
+                            det_spacing_mm=6.0)
+    yy, xx = (np.mgrid[:96, :96] - 47.5) * 6.0
+    P = lsr.Projector(geom)
+
+    def warnings_for(diameter_mm, table=False):
+        hu = np.where(xx ** 2 + yy ** 2 < (diameter_mm / 2) ** 2, 0.0, -1000.0).astype(np.float32)
+        if table:  # a 6 mm plate of +200 HU, 380 mm wide, under the body
+            hu[(np.abs(xx) < 190) & (np.abs(yy - diameter_mm / 2 - 6) < 3)] = 200.0
+        sino = P.forward(lsr.hu_to_mu(hu)).numpy()
+        return [w for w in prior_warnings(prior, geom, sino, np.ones_like(sino))
+                if "object" in w]
+
+    assert warnings_for(300, table=True) == []
+    assert "larger than the prior's field" in warnings_for(440)[0]
+    assert "much smaller" in warnings_for(40)[0]

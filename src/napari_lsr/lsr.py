@@ -88,9 +88,11 @@ def noise_rms(sino, mask) -> float:
     return float(1.4826 * np.median(np.abs(d - np.median(d))) / math.sqrt(6.0))
 
 
-def _object_extent_mm(sino, mask, geom: Geometry, threshold: float = 0.05) -> tuple[float, bool]:
-    """Largest extent of the object across the detector (mm at the isocentre) seen in the
-    valid data, and whether it reaches the edge of the valid data (a lower bound then)."""
+def _object_extent_mm(sino, mask, geom: Geometry, threshold: float = 0.5) -> tuple[float, bool]:
+    """Largest extent of the patient across the detector (mm at the isocentre) seen in the
+    valid data, and whether it reaches the edge of the valid data (a lower bound then).
+    Rays with a line integral above ``threshold`` (0.5: about 25 mm of water) count: the
+    body, not the table, pads or cushions, which the prior's training slices have too."""
     q = np.asarray(sino, dtype=np.float64)
     v = np.asarray(mask) == 1
     if q.ndim == 3:
@@ -125,8 +127,8 @@ def prior_warnings(model, geom: Geometry, sino=None, mask=None) -> List[str]:
                    f"({field_mm:.0f} mm): outside it the prior can only put air")
     if sino is not None:
         extent, cut = _object_extent_mm(sino, mask, geom)
-        if extent > 0.95 * field_mm:
-            out.append(f"the object ({extent:.0f} mm{' or more' if cut else ''}) is as large as "
+        if extent > field_mm:
+            out.append(f"the object ({extent:.0f} mm{' or more' if cut else ''}) is larger than "
                        f"the prior's field ({field_mm:.0f} mm)")
         elif 0 < extent < 0.15 * field_mm and not cut:
             out.append(f"the object ({extent:.0f} mm) is much smaller than anything the prior "
