@@ -565,12 +565,31 @@ def test_ctrl_c_keeps_the_finished_slices(tmp_path, tiny_model_path, capsys, mon
             return callback(s0, step, loss, preview)
         return real(*a, callback=cb, **k)
     monkeypatch.setattr(engine, "lsr_correct_volume", interrupted)
-    out = tmp_path / "part.tif"
-    code = main(["correct", "--sinogram", str(sino_p), "--mask", str(mask_p), "--geometry",
-                 str(geom_p), "--out", str(out), "--model", tiny_model_path, *TINY])
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)  # SIG_IGN in a background job
+    try:
+        out = tmp_path / "part.tif"
+        code = main(["correct", "--sinogram", str(sino_p), "--mask", str(mask_p), "--geometry",
+                     str(geom_p), "--out", str(out), "--model", tiny_model_path, *TINY])
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    finally:
+        signal.signal(signal.SIGINT, before)
     cap = capsys.readouterr()
     assert code == 0, cap.err
     assert "aborted: writing the 1 finished slice(s) of 3" in cap.err
     assert read_tiff(out).hu.shape == (1, 32, 32)
     assert json.loads(out.with_name("part.tif.report.json").read_text())["aborted_after_slices"] == 1
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+
+
+def test_ctrl_c_handler_leaves_an_ignored_sigint_alone():
+    """A job started with nohup or & ignores SIGINT: correct must not take it over."""
+    import signal
+
+    from napari_lsr.cli import _CtrlC
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        with _CtrlC():
+            assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, before)

@@ -37,6 +37,6 @@ def test_warning_when_the_data_are_not_anatomy_or_in_the_wrong_units(prior):
     bars = np.full(GEOM.image_shape, -1000.0, np.float32)
     for k in range(6):  # a grid of dense bars: nothing like a patient
         bars[60:200, 50 + 28 * k:62 + 28 * k] = 1500.0
-    sino, mask = _truncated(bars, fom_mm=150.0)
+    sino, mask = _truncated(bars, fom_mm=250.0)
     res = lsr.lsr_correct(sino, mask, GEOM, model=prior, steps=150, lbfgs_steps=10)
     assert not res.fit.ok and "poor fit" in res.fit.warnings[0]

@@ -143,7 +143,8 @@ class _CtrlC:
         import signal
         import threading
         self._old = None
-        if threading.current_thread() is threading.main_thread():
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is not signal.SIG_IGN):  # nohup/& ignore it
             self._old = signal.signal(signal.SIGINT, self._handler)
         return self
 

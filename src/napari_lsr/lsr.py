@@ -31,8 +31,9 @@ __all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct
 
 AIR_HU = -1000.0
 DEFAULT_Z_WEIGHT = 1e-2  # weight of the latent prior term; chosen by benchmarks/z_weight.py
-POOR_FIT_RELATIVE_RESIDUAL = 0.05  # rms misfit / rms valid data above this (and above 3x the
+POOR_FIT_RELATIVE_RESIDUAL = 0.06  # rms misfit / rms valid data above this (and above 3x the
 #                                    noise level) means the prior cannot explain the data
+#                                    (evaluation: held-out and real slices 0.6-5 %, wrong units 44 %)
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
