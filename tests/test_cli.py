@@ -593,3 +593,17 @@ def test_ctrl_c_handler_leaves_an_ignored_sigint_alone():
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, before)
+
+
+def test_evaluation_figure_shows_a_phantom_and_the_widest_real_slice():
+    from napari_lsr.evaluate import figure_cases
+
+    def case(name, width_px):
+        gt = np.full((64, 64), -1000.0, np.float32)
+        gt[20:40, 10:10 + width_px] = 0.0
+        return {"name": name, "images": {"ground truth": gt}}
+
+    results = [case("phantom-1", 30), case("phantom-2", 30), case("real-small", 10),
+               case("real-wide", 40), case("real-mid", 20)]
+    assert [r["name"] for r in figure_cases(results, 2)] == ["phantom-1", "real-wide"]
+    assert [r["name"] for r in figure_cases(results[:2], 2)] == ["phantom-1", "phantom-2"]

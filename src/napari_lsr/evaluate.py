@@ -189,10 +189,20 @@ def markdown_table(summary: Dict) -> str:
     return "\n".join(lines)
 
 
+def figure_cases(results: List[Dict], n_cases: int) -> List[Dict]:
+    """The cases a figure shows: the first phantoms and, if any, the widest real slice."""
+    real = [r for r in results if r["name"].startswith("real-")]
+    shown = [r for r in results if r not in real][:n_cases - 1 if real else n_cases]
+    if real:
+        shown.append(max(real, key=lambda r: body_width_mm(r["images"]["ground truth"], 1.0)))
+    return shown
+
+
 def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2, geom=None,
                 window: str = "soft tissue") -> None:
     """Rows: methods; columns: image (CT window ``window``, the field of measurement dashed)
-    and difference to the ground truth for the first cases; titles carry the errors (HU)."""
+    and difference to the ground truth for ``n_cases`` cases: the first phantoms and the
+    largest real slice (if any); titles carry the errors (HU)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     from matplotlib.patches import Circle
@@ -200,7 +210,7 @@ def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2, ge
     from .windows import window_limits
 
     lo, hi = window_limits(window)
-    shown = results[:n_cases]
+    shown = figure_cases(results, n_cases)
     methods = list(shown[0]["images"])
     fig = Figure(figsize=(3.0 * 2 * len(shown), 3.1 * len(methods)))
     FigureCanvasAgg(fig)
