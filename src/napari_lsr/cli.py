@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .projector import DEFAULT_FILTER
 from .lsr import DEFAULT_Z_WEIGHT
+from .projector import DEFAULT_FILTER
 
 
 class CLIError(ValueError):
