@@ -368,11 +368,14 @@ class SpikeGuard:
         self.run = 0
 
     def bad(self, value: float) -> bool:
+        """True (and counted in ``skipped``) when this loss's step should be skipped."""
         if not math.isfinite(value):
+            self.skipped += 1
             return True
         if (len(self.recent) >= self.warmup and value > self.factor * float(np.median(self.recent))
                 and self.run < self.max_run):
             self.run += 1
+            self.skipped += 1
             return True
         if self.run >= self.max_run:
             self.recent.clear()
@@ -551,7 +554,6 @@ def _train(cfg, rank, world, device, dist) -> Path:
             if spike_guard.bad(value):
                 # a non-finite or exploding loss: skip this batch rather than let one step
                 # wreck Adam's moments (seen once per few thousand steps in bfloat16)
-                spike_guard.skipped += 1
                 opt.zero_grad(set_to_none=True)
                 sched.step()
                 step += 1
@@ -628,12 +630,11 @@ def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = Non
     mc = model.config
     if half is None:
         half = any(v.dtype == torch.float16 for v in ckpt["state_dict"].values())
-    norm = lambda hu: ((torch.from_numpy(np.asarray(hu, np.float32)) - mc.hu_min)  # noqa: E731
-                       / (mc.hu_max - mc.hu_min)).clamp(0, 1)[:, None]
     if source is not None:
         x = torch.cat([source.batch(10**7 + k) for k in range(max(1, n // source.cfg.batch_size))])
     else:
-        x = norm(phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None))
+        hu = phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None)
+        x = model.from_hu(torch.from_numpy(hu)).clamp(0, 1)[:, None]
     info = model.calibrate_latent(x)
     summary = {**model.training_summary, "latent_calibration": info}
     save_checkpoint(model, path, summary, extra=ckpt.get("extra"), half=half)

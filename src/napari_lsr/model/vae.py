@@ -262,10 +262,9 @@ class VAE(nn.Module):
         like the training anatomy, and LSR starts (u = 0) from the average slice."""
         was = self.training
         self.eval()
-        for name in self.CALIBRATION_BUFFERS:  # encode in the network's own coordinates
-            getattr(self, name).copy_(torch.eye(self.config.latent_dim) if name == "global_chol"
-                                      else torch.ones_like(getattr(self, name)) if name == "spatial_scale"
-                                      else torch.zeros_like(getattr(self, name)))
+        self.latent_shift.zero_()  # identity: encode in the network's own coordinates
+        self.global_chol.copy_(torch.eye(self.config.latent_dim))
+        self.spatial_scale.fill_(1.0)
         mu = torch.cat([self.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)]).double()
         self.train(was)
         d = self.config.latent_dim
