@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from napari_lsr.model import load_model
+from napari_lsr.model.vae import VAE
 from napari_lsr.train import (TRAIN_SEEDS, BatchSource, TrainConfig, add_train_arguments,
-                              evaluate_reconstruction, run_train, train)
+                              evaluate_reconstruction, run_train, train, transfer_weights)
 
 TINY = dict(image_size=32, pixel_size_mm=12.0, latent_dim=8, base_channels=4,
             channel_mults=(1, 2, 4, 8), attn_heads=2, stem_factor=1, spatial_channels=0, batch_size=8, lr=3e-3, warmup_steps=2,
@@ -123,6 +124,17 @@ def test_init_from_continues_from_weights(tmp_path):
     b = tmp_path / "b.pt"
     train(TrainConfig(out=str(b), steps=2, epoch_steps=2, init_from=str(a), **TINY))
     assert load_model(b).training_summary["train_config"]["init_from"] == str(a)
-    with pytest.raises(ValueError, match="config differs"):
+    with pytest.raises(ValueError, match="pixel_size_mm"):
         train(TrainConfig(out=str(tmp_path / "c.pt"), steps=2, epoch_steps=2, init_from=str(a),
-                          **{**TINY, "latent_dim": 4}))
+                          **{**TINY, "pixel_size_mm": 3.0}))
+
+
+def test_transfer_weights_copies_what_matches():
+    small = VAE(TrainConfig(**TINY).vae_config())
+    wider = VAE(TrainConfig(**{**TINY, "latent_dim": 16}).vae_config())
+    copied, fresh = transfer_weights(small, wider)
+    assert 0 < len(fresh) < copied  # only the layers touching the latent vector start fresh
+    sd_small, sd_wider = small.state_dict(), wider.state_dict()
+    kept = [k for k in sd_wider if k not in fresh]
+    assert len(kept) == copied
+    assert all(torch.equal(sd_small[k], sd_wider[k]) for k in kept)

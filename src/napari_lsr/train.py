@@ -110,6 +110,25 @@ class TrainConfig:
                          spatial_prior=self.spatial_prior)
 
 
+def transfer_weights(src: VAE, dst: VAE, name="checkpoint") -> tuple[int, list[str]]:
+    """Copy into ``dst`` every tensor of ``src`` with the same name and shape; returns the
+    number copied and the names left at their fresh initialisation. The two models must
+    agree on what an image is (size, pixel size, HU range); the architecture may differ, e.g.
+    a new spatial-latent size or prior, so a longer run can start from a study arm."""
+    a, b = src.config, dst.config
+    for f in ("image_size", "pixel_size_mm", "hu_min", "hu_max"):
+        if getattr(a, f) != getattr(b, f):
+            raise ValueError(f"--init-from {name}: its {f} ({getattr(a, f)}) differs from this "
+                             f"run's ({getattr(b, f)}); start from scratch instead")
+    theirs, ours = src.state_dict(), dst.state_dict()
+    same = {k: v for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+    if len(same) < len(ours) // 2:
+        raise ValueError(f"--init-from {name}: only {len(same)} of {len(ours)} tensors match "
+                         "this run's architecture; start from scratch instead")
+    dst.load_state_dict(same, strict=False)
+    return len(same), sorted(set(ours) - set(same))
+
+
 def _paths(out) -> dict:
     out = Path(out)
     stem = out.with_suffix("")
@@ -490,12 +509,11 @@ def _train(cfg, rank, world, device, dist) -> Path:
 
     if cfg.init_from and not (cfg.resume and paths["last"].is_file()):
         src = model_from_checkpoint(read_checkpoint(cfg.init_from), cfg.init_from)
-        if src.config != mc:
-            raise ValueError(f"--init-from {cfg.init_from}: its model config differs from this "
-                             f"run's ({src.config} vs {mc})")
-        model.load_state_dict(src.state_dict())
+        copied, fresh = transfer_weights(src, model, cfg.init_from)
         if main:
-            print(f"initialised from {cfg.init_from} (step {src.training_summary.get('steps')})",
+            print(f"initialised from {cfg.init_from} (step {src.training_summary.get('steps')}): "
+                  f"{copied} tensors copied" + (f", {len(fresh)} new (architecture differs: "
+                                                f"{', '.join(fresh[:4])}...)" if fresh else ""),
                   flush=True)
 
     if cfg.resume and paths["last"].is_file():
@@ -714,8 +732,9 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
       help="epochs without improvement before stopping (default: %(default)s)")
     a("--max-minutes", type=float, default=None, help="wall-time budget (default: none)")
     a("--resume", action="store_true", help="continue from <stem>_last.pt")
-    a("--init-from", default=None, help="start from the weights of this checkpoint (same "
-      "architecture; fresh optimiser and schedule) (default: none)")
+    a("--init-from", default=None, help="start from the weights of this checkpoint (fresh "
+      "optimiser and schedule; where the architecture differs, tensors of the same name and "
+      "shape are copied and the rest start fresh) (default: none)")
     a("--overwrite", action="store_true", help="allow replacing an existing --out checkpoint "
       "and its _last.pt / _history files")
     a("--device", default=d.device, choices=("auto", "cpu", "cuda"),
