@@ -9,7 +9,7 @@ previous slice's z (at most ``--warm-steps``), each with ``reduce=True`` (the fi
 binned to the prior's sampling) and ``reduce=False`` (the fit on the full data); seconds per
 slice (the projectors are built before timing) and HU errors inside / outside the FOM.
 
-    python benchmarks/clinical_fan.py [--slices 3] [--threads 1]
+    python benchmarks/clinical_fan.py [--slices 3] [--threads 1] [--precision auto]
 
 Writes benchmarks/results/clinical_fan.json. Targets (issue 10): cold <= 15 s, warm <= 3 s
 per slice, reduced no worse in HU than full.
@@ -30,7 +30,7 @@ import torch
 import napari_lsr as lsr
 from napari_lsr.data.phantoms import generate_volume
 from napari_lsr.evaluate import EVAL_SEED0, body_width_mm, clinical_fan_geometry
-from napari_lsr.lsr import reduction_for
+from napari_lsr.lsr import _use_bf16, reduction_for
 
 
 def main(argv=None) -> int:
@@ -41,6 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lbfgs-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None)
+    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clinical_fan.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -66,7 +67,8 @@ def main(argv=None) -> int:
     for reduce in (True, False):
         z_prev = None
         for k in range(args.slices):
-            kw = dict(model=model, lbfgs_steps=args.lbfgs_steps, reduce=reduce)
+            kw = dict(model=model, lbfgs_steps=args.lbfgs_steps, reduce=reduce,
+                      precision=args.precision)
             cold = lsr.lsr_correct(sinos[k], mask, geom, steps=args.steps, **kw)
             row = {"reduce": reduce, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
                    "cold_mae_in_fom_hu": errors(cold.image_hu, k)[0],
@@ -91,7 +93,8 @@ def main(argv=None) -> int:
     summary["speed_up_cold"] = summary["full"]["cold_s"] / summary["reduced"]["cold_s"]
     summary["reduced_geometry"] = {"n_views": red.geom.n_views, "n_det": red.geom.n_det,
                                    "kv": red.kv, "kd": red.kd, "pad": red.pad}
-    summary.update(fom_mm=fom, threads=args.threads, loadavg_1min=os.getloadavg()[0],
+    summary.update(fom_mm=fom, threads=args.threads, precision=args.precision,
+                   bf16_used=_use_bf16(args.precision, torch.device("cpu")), loadavg_1min=os.getloadavg()[0],
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    targets={"cold_s": 15.0, "warm_s": 3.0})
     print(json.dumps(summary, indent=1))

@@ -227,6 +227,19 @@ def test_latent_prior_term_keeps_z_smaller(tiny_prior, case):
         lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, z_weight=-1)
 
 
+def test_bfloat16_adam_steps_fit_as_well_as_float32(tiny_prior, case):
+    measured, mask, _, _ = case
+    kw = dict(model=tiny_prior, steps=60, lbfgs_steps=3, early_stop=False, seed=2)
+    f32 = lsr.lsr_correct(measured, mask, GEOM, precision="float32", **kw)
+    b16 = lsr.lsr_correct(measured, mask, GEOM, precision="bfloat16", **kw)
+    assert b16.loss_history[:60] != f32.loss_history[:60]  # the Adam steps did run in bfloat16
+    assert b16.loss_history[-1] < 0.2 * b16.loss_history[0]
+    assert b16.fit.misfit < 2.0 * f32.fit.misfit + 1e-6
+    assert b16.image_hu.dtype == np.float32 and b16.generated_hu.dtype == np.float32
+    with pytest.raises(ValueError, match="precision"):
+        lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, precision="fp8")
+
+
 def test_reduction_bins_data_to_the_priors_sampling(tiny_prior):
     from napari_lsr.lsr import reduction_for
     assert reduction_for(GEOM, tiny_prior) is None  # data already at the prior's sampling

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .lsr import DEFAULT_Z_WEIGHT
+from .lsr import DEFAULT_Z_WEIGHT, PRECISIONS
 from .projector import DEFAULT_FILTER
 
 
@@ -678,7 +678,7 @@ def run_correct(args) -> int:
                                  warm_steps=args.warm_steps, lbfgs_steps=args.lbfgs_steps,
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
                                  join=not args.no_join, fbp_filter=FBP_FILTER,
-                                 z_weight=args.z_weight,
+                                 z_weight=args.z_weight, precision=args.precision,
                                  callback=_progress_printer("LSR", total, abort=ctrl_c.event))
     done = int(res.slices_done)
     if res.stopped:
@@ -775,6 +775,9 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--batch-size", type=int, default=1, help="slices optimised together")
     cor.add_argument("--z-weight", type=float, default=DEFAULT_Z_WEIGHT,
                      help="weight of LSR's latent prior term z_weight * mean(z^2); 0 = none")
+    cor.add_argument("--precision", default="auto", choices=PRECISIONS,
+                     help="decoder arithmetic in the Adam steps: bfloat16 is ~1.2x faster where "
+                     "the hardware has it (auto: then); L-BFGS and the images stay float32")
     cor.add_argument("--no-join", action="store_true", help="skip the smooth-join correction")
     cor.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     cor.add_argument("--seed", type=int, default=0, help="random seed (start latent, simulated noise)")

@@ -338,14 +338,15 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
               steps: int, lbfgs_steps: int, lr: float, tol: float, patience: int,
               report: Optional[Callable[[int, float, torch.Tensor], bool]],
               z_weight: float = 0.0, noise_var: Optional[torch.Tensor] = None,
-              early_stop: bool = True):
+              early_stop: bool = True, bf16: bool = False):
     """Adam then L-BFGS on z; q, m: (B, V, D); z0: (B, z_size).
 
     The loss is the masked mean squared misfit, summed over the batch (slices independent),
     plus ``z_weight * mean(z^2)`` per slice (a Gaussian prior on z; 0 = none). Adam stops
     early when every slice's misfit is at its noise level ``noise_var`` (B,) or when the best
     loss improved by less than ``tol`` (relative) over ``patience`` steps. ``report(step,
-    loss, mu_image)`` is called after every step; returning True aborts.
+    loss, mu_image)`` is called after every step; returning True aborts. ``bf16``: the
+    prior's decoder runs under bfloat16 autocast in the Adam steps (L-BFGS stays float32).
     Returns (z, history of the summed data misfit, per-slice final misfit (B,), stop_reason,
     stop_detail) with stop_reason "converged", "max_steps" or "aborted"."""
     n_valid = m.sum(dim=(-2, -1)).clamp_min(1.0)
@@ -353,8 +354,10 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     history: List[float] = []
     state = {}
 
-    def loss_fn():
-        mu = prior.mu(z)
+    def loss_fn(low_precision=False):
+        with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=low_precision):
+            mu = prior.mu(z)
+        mu = mu.float()
         r = (P.forward(mu) - q) * m
         data = r.square().sum(dim=(-2, -1)) / n_valid
         state["per_slice"] = data.detach()
@@ -385,7 +388,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         opt = torch.optim.Adam([z], lr=lr)
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
-            loss, data, mu = loss_fn()
+            loss, data, mu = loss_fn(bf16)
             loss.backward()
             opt.step()
             after_step(data, mu)
@@ -514,6 +517,23 @@ class _Context:
     prior_fit: _PriorOnGrid
 
 
+PRECISIONS = ("auto", "float32", "bfloat16")
+
+
+def _use_bf16(precision: str, dev: torch.device) -> bool:
+    """Whether the Adam steps run the decoder in bfloat16: "auto" does where the hardware has
+    fast bfloat16 (CUDA with bf16 support; CPUs with AVX512-BF16 or AMX, where it makes an LSR
+    step ~1.2x faster at ~2 HU mean difference in the decoded image)."""
+    if precision != "auto":
+        return precision == "bfloat16"
+    if dev.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def _setup(geom, model, device, mu_water, reduce: bool = True) -> _Context:
     dev = resolve_device(device)
     # channels-last: the decoder's forward+backward is ~25 % faster on a CPU (float32)
@@ -564,7 +584,8 @@ def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_)
                              dtype=torch.float32, device=dev)
     z, history, per, reason, detail = _optimise(
         ctx.prior_fit, ctx.P_fit, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
-        opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"])
+        opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"],
+        _use_bf16(opts["precision"], dev))
     fits = [_fit_report(per[i], len(history), reason, detail, fq[i], fm[i],
                         warnings_ + _data_warnings(ctx.model, ctx.P.geometry, q_np[i], m_np[i]))
             for i in range(q_np.shape[0])]
@@ -581,13 +602,16 @@ def _data_warnings(model, geom, sino, mask):
 
 
 def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, feather_bins,
-             fbp_filter, mu_water) -> dict:
+             fbp_filter, mu_water, precision="auto") -> dict:
     if steps < 0 or lbfgs_steps < 0 or steps + lbfgs_steps == 0:
         raise ValueError("steps and lbfgs_steps must be >= 0 and not both 0")
     if z_weight < 0 or not math.isfinite(z_weight):
         raise ValueError(f"z_weight must be a finite number >= 0, got {z_weight}")
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     return dict(lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience, z_weight=z_weight,
-                early_stop=early_stop, join=join, feather_bins=feather_bins, fbp_filter=fbp_filter, mu_water=mu_water)
+                early_stop=early_stop, join=join, feather_bins=feather_bins, fbp_filter=fbp_filter,
+                mu_water=mu_water, precision=precision)
 
 
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
@@ -595,7 +619,8 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
                 lr: float = 0.05, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
                 z_weight: float = DEFAULT_Z_WEIGHT, early_stop: bool = True, reduce: bool = True,
                 join: bool = True, feather_bins: int = 16,
-                fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None) -> LSRResult:
+                fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None,
+                precision: str = "auto") -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
     ``valid_mask``: same shape, 1 = measured and trustworthy, 0 = missing/corrupt.
@@ -610,7 +635,9 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``).
     ``callback(step, loss, preview_hu)`` runs after every step and aborts the run by
     returning True. ``join``: smooth the joins between measured and inpainted data (see
-    :func:`smooth_join`). ``device``: None/"cpu", "cuda" or "auto". The result carries a
+    :func:`smooth_join`). ``precision``: "float32", "bfloat16" (the decoder under bfloat16
+    autocast during the Adam steps; L-BFGS and the output images stay float32) or "auto"
+    (bfloat16 where the hardware has it). ``device``: None/"cpu", "cuda" or "auto". The result carries a
     :class:`FitReport` (``res.fit``). Seeded and reproducible."""
     sino, mask = check_inputs(sino, valid_mask, geom)
     mu_water = scan_mu_water(geom, mu_water)
@@ -618,7 +645,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
         raise ValueError(f"lsr_correct takes one sinogram (views, detector); got shape {sino.shape}. "
                          "Use lsr_correct_volume for a stack.")
     opts = _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join,
-                    feather_bins, fbp_filter, mu_water)
+                    feather_bins, fbp_filter, mu_water, precision)
     t0 = time.perf_counter()
     ctx = _setup(geom, model, device, mu_water, reduce)
     report = None
@@ -637,7 +664,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
 
 
 _VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "z_weight", "early_stop", "reduce", "join",
-                   "feather_bins", "fbp_filter", "mu_water"}
+                   "feather_bins", "fbp_filter", "mu_water", "precision"}
 
 
 def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: int = 500,
@@ -667,7 +694,8 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     opts = _options(steps, lbfgs_steps, kwargs.get("lr", 0.05), kwargs.get("tol", PLATEAU_TOL),
                     kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", DEFAULT_Z_WEIGHT),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
-                    kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water)
+                    kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water,
+                    kwargs.get("precision", "auto"))
     ctx = _setup(geom, model, device, mu_water, kwargs.get("reduce", True))
     model, dev = ctx.model, ctx.dev
     grid_warnings = prior_warnings(model, geom)
