@@ -296,7 +296,7 @@ def _bad_cases(d: Path, model):
         "mask values": ([*base, "--sinogram", str(sino), "--mask", str(d / "mask255.npy"), "--geometry", str(geom)],
                         [f"--mask {d / 'mask255.npy'}", "1 (valid) or 0 (missing)", "255"]),
         "geometry field": ([*base, "--sinogram", str(sino), "--fom-mm", "150", "--geometry", str(d / "geom_nopx.json")],
-                           [f"--geometry {d / 'geom_nopx.json'}: missing required field(s) pixel_size_mm"]),
+                           [f"--geometry {d / 'geom_nopx.json'}: ", "missing the required field(s) pixel_size_mm"]),
         "geometry json": ([*base, "--sinogram", str(sino), "--fom-mm", "150", "--geometry", str(d / "geom_bad.json")],
                           [f"--geometry {d / 'geom_bad.json'}: not valid JSON"]),
         "geometry value": ([*base, "--sinogram", str(sino), "--fom-mm", "150", "--geometry", str(d / "geom_type.json")],

@@ -353,7 +353,7 @@ def _correct_outputs(args) -> dict:
 def _load_geometry(args, meta: dict):
     """The scan geometry from --geometry or the sinogram file's metadata; every required field
     must be present (nothing is silently defaulted)."""
-    from .geometry import REQUIRED_FIELDS, geometry_from_dict
+    from .geometry import geometry_from_dict
 
     if args.geometry:
         path = Path(args.geometry).expanduser()
@@ -371,13 +371,6 @@ def _load_geometry(args, meta: dict):
                        "--geometry geometry.json (e.g. from napari_lsr.ParallelBeam(...).to_json())")
     if not isinstance(d, dict):
         raise CLIError(f"{where}: a geometry is a JSON object, got {type(d).__name__}")
-    need = list(REQUIRED_FIELDS.get(d.get("type"), ()))
-    if "angles_deg" not in d:
-        need += ["n_views", "arc_deg"]
-    missing = [k for k in need if d.get(k) is None]
-    if missing:
-        raise CLIError(f"{where}: missing required field(s) {', '.join(missing)} (lengths in mm, "
-                       "angles in degrees); nothing is assumed for them")
     try:
         return geometry_from_dict(d), where, (0, 0)
     except (ValueError, TypeError) as e:
