@@ -248,6 +248,11 @@ def test_reduction_bins_data_to_the_priors_sampling(tiny_prior):
     red = reduction_for(fine, tiny_prior)
     assert (red.kd, red.kv) == (2, 4) and red.geom.image_size == 32  # 96 views -> 24 (0.7 x 32)
     assert red.geom.pixel_size_mm == 4.0 and red.geom.n_views == 24
+    # a full fan scan samples every line twice (complementary rays): half as many views kept
+    fan = dict(image_size=64, pixel_size_mm=2.0, n_det=189, det_spacing_mm=2.0, sid_mm=200.0,
+               sdd_mm=400.0)
+    assert reduction_for(lsr.FanBeam(n_views=192, arc_deg=360.0, **fan), tiny_prior).kv == 8
+    assert reduction_for(lsr.FanBeam(n_views=120, arc_deg=225.0, **fan), tiny_prior).kv == 4
     sino = np.arange(96 * 93, dtype=np.float32).reshape(96, 93)
     mask = np.ones_like(sino)
     mask[:, :10] = 0

@@ -437,7 +437,8 @@ def _finish(prior, P, q_np, mask_np, z, join: bool, fbp_filter: str, mu_water: f
 # the reduced problem: the measured data binned to the prior's sampling
 # ----------------------------------------------------------------------------------------
 REDUCED_VIEWS_PER_PIXEL = 0.7  # views per 180 deg kept for the fit, per pixel of the prior's
-#                                image side (180 for 256 pixels; the prior's images are smooth)
+#                                image side (180 for 256 pixels; the prior's images are smooth).
+#                                A full fan scan counts twice: 720 views over 360 deg -> 180 views.
 
 
 @dataclass
@@ -481,6 +482,8 @@ def reduction_for(geom: Geometry, model) -> Optional[Reduction]:
     c = model.config
     kd = max(1, int(round(c.pixel_size_mm / _detector_spacing_at_isocentre_mm(geom))))
     v180 = geom.n_views * 180.0 / (geom.arc_deg if geom.angles_deg is None else 180.0)
+    if hasattr(geom, "sid_mm") and geom.angles_deg is None and geom.arc_deg >= 360.0:
+        v180 *= 2  # a full fan scan sees every line twice, the complementary rays interleaved
     target = REDUCED_VIEWS_PER_PIXEL * c.image_size
     kv = max(1, int(v180 // target)) if geom.angles_deg is None else 1
     same_grid = c.image_size == geom.image_size and math.isclose(c.pixel_size_mm, geom.pixel_size_mm)
