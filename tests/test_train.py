@@ -34,6 +34,16 @@ def test_tiny_training_loss_falls_and_files(tmp_path):
     res = evaluate_reconstruction(m, n=4)
     assert res["seed0"] >= 10_000_000 and np.isfinite([res["mae_hu_body"], res["psnr_db"]]).all()
     assert -1 <= res["ssim"] <= 1
+    # the body's error splits into bone (truth > BONE_HU) and the rest, consistently
+    from napari_lsr.data.phantoms import body_mask
+    from napari_lsr.train import BONE_HU, phantom_batch, reconstruction_metrics
+    hu = phantom_batch([10_000_001], 32, 12.0, ("pelvis",))
+    one = reconstruction_metrics(m, hu)
+    body = body_mask(np.clip(hu[0], -1024, 3071))
+    n_body, n_soft = body.sum(), (body & (hu[0] <= BONE_HU)).sum()
+    assert 0 <= one["error_share_bone"] <= 1
+    assert one["mae_hu_body_without_bone"] * n_soft == pytest.approx(
+        (1 - one["error_share_bone"]) * one["mae_hu_body"] * n_body, rel=1e-3)
     # the prior alone on the command line: per-region table, samples figure
     from napari_lsr.cli import main as cli_main
     assert cli_main(["evaluate", "--task", "reconstruction", "--model", str(out), "--no-real",
