@@ -30,7 +30,7 @@ import torch
 import napari_lsr as lsr
 from napari_lsr.data.phantoms import generate_volume
 from napari_lsr.evaluate import EVAL_SEED0, body_width_mm, clinical_fan_geometry
-from napari_lsr.lsr import _use_bf16, reduction_for
+from napari_lsr.lsr import PRECISIONS, reduction_for, use_bfloat16
 
 
 def main(argv=None) -> int:
@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     ap.add_argument("--lbfgs-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None)
-    ap.add_argument("--precision", default="auto", choices=("auto", "float32", "bfloat16"))
+    ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clinical_fan.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -94,7 +94,8 @@ def main(argv=None) -> int:
     summary["reduced_geometry"] = {"n_views": red.geom.n_views, "n_det": red.geom.n_det,
                                    "kv": red.kv, "kd": red.kd, "pad": red.pad}
     summary.update(fom_mm=fom, threads=args.threads, precision=args.precision,
-                   bf16_used=_use_bf16(args.precision, torch.device("cpu")), loadavg_1min=os.getloadavg()[0],
+                   bf16_used=use_bfloat16(args.precision, torch.device("cpu")),
+                   loadavg_1min=os.getloadavg()[0],
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
                    targets={"cold_s": 15.0, "warm_s": 3.0})
     print(json.dumps(summary, indent=1))

@@ -238,6 +238,10 @@ def test_bfloat16_adam_steps_fit_as_well_as_float32(tiny_prior, case):
     assert b16.image_hu.dtype == np.float32 and b16.generated_hu.dtype == np.float32
     with pytest.raises(ValueError, match="precision"):
         lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, precision="fp8")
+    from napari_lsr.lsr import use_bfloat16
+    cpu = torch.device("cpu")
+    assert use_bfloat16("bfloat16", cpu) and not use_bfloat16("float32", cpu)
+    assert isinstance(use_bfloat16("auto", cpu), bool)
 
 
 def test_reduction_bins_data_to_the_priors_sampling(tiny_prior):
