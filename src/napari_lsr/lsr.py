@@ -345,8 +345,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     plus ``z_weight * mean(z^2)`` per slice (a Gaussian prior on z; 0 = none). Adam stops
     early when every slice's misfit is at its noise level ``noise_var`` (B,) or when the best
     loss improved by less than ``tol`` (relative) over ``patience`` steps. ``report(step,
-    loss, mu_image)`` is called after every step; returning True aborts. The Adam phase
-    hands on, per slice, the best z it evaluated. ``bf16``: the
+    loss, mu_image)`` is called after every step; returning True aborts. ``bf16``: the
     prior's decoder runs under bfloat16 autocast in the Adam steps (L-BFGS stays float32).
     Returns (z, history of the summed data misfit, per-slice final misfit (B,), stop_reason,
     stop_detail) with stop_reason "converged", "max_steps" or "aborted"."""
@@ -362,23 +361,10 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         r = (P.forward(mu) - q) * m
         data = r.square().sum(dim=(-2, -1)) / n_valid
         state["per_slice"] = data.detach()
-        per_slice = data + z_weight * z.square().mean(dim=1) if z_weight else data
-        state["objective"] = per_slice.detach()
-        return per_slice.sum(), float(data.detach().sum()), mu
-
-    best = {}
-
-    def keep_best():
-        """Remember, per slice, the best z Adam has evaluated (Adam can leave a good start:
-        a warm start's first steps may raise the loss)."""
-        obj = state["objective"]
-        if not best:
-            best.update(objective=obj.clone(), z=z.detach().clone(), data=state["per_slice"].clone())
-            return
-        better = obj < best["objective"]
-        best["objective"] = torch.where(better, obj, best["objective"])
-        best["z"][better] = z.detach()[better]
-        best["data"] = torch.where(better, state["per_slice"], best["data"])
+        total = data.sum()
+        if z_weight:
+            total = total + z_weight * z.square().mean(dim=1).sum()
+        return total, float(data.detach().sum()), mu
 
     def after_step(loss_value, mu):
         history.append(loss_value)
@@ -403,7 +389,6 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         for _ in range(steps):
             opt.zero_grad(set_to_none=True)
             loss, data, mu = loss_fn(bf16)
-            keep_best()
             loss.backward()
             opt.step()
             after_step(data, mu)
@@ -411,10 +396,6 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
             if why:
                 reason, detail = "converged", why
                 break
-        if best:  # L-BFGS (monotone) continues from the best point
-            with torch.no_grad():
-                z.copy_(best["z"])
-            state["per_slice"] = best["data"]
         if lbfgs_steps > 0:
             lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=1, history_size=20,
                                       line_search_fn="strong_wolfe")
