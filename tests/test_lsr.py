@@ -227,6 +227,20 @@ def test_latent_prior_term_keeps_z_smaller(tiny_prior, case):
         lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, z_weight=-1)
 
 
+def test_warm_start_takes_smaller_steps(tiny_prior, case):
+    """From a good z (a neighbouring slice's), Adam's default step is WARM_LR: a start at the
+    answer stays close to it, where the cold step size walks away."""
+    from napari_lsr.lsr import COLD_LR, WARM_LR
+    measured, mask, _, z_true = case
+    kw = dict(model=tiny_prior, steps=20, lbfgs_steps=0, init=z_true[0].numpy(), z_weight=0.0,
+              early_stop=False, precision="float32")
+    warm = lsr.lsr_correct(measured, mask, GEOM, **kw)
+    cold_step = lsr.lsr_correct(measured, mask, GEOM, lr=COLD_LR, **kw)
+    assert WARM_LR < COLD_LR
+    assert warm.fit.misfit < cold_step.fit.misfit
+    assert np.abs(warm.z - z_true[0].numpy()).max() < np.abs(cold_step.z - z_true[0].numpy()).max()
+
+
 def test_bfloat16_adam_steps_fit_as_well_as_float32(tiny_prior, case):
     measured, mask, _, _ = case
     kw = dict(model=tiny_prior, steps=60, lbfgs_steps=3, early_stop=False, seed=2)
