@@ -42,6 +42,11 @@ PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less th
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
 
+def _adam_lr(lr: float | None, warm: bool) -> float:
+    """Adam's step size: ``lr`` when given, else WARM_LR from a neighbour's z, COLD_LR from z = 0."""
+    return lr if lr is not None else (WARM_LR if warm else COLD_LR)
+
+
 @dataclass
 class FitReport:
     """How well the prior's image explains the measured (valid) data, and why the run stopped.
@@ -652,9 +657,8 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     if sino.ndim != 2:
         raise ValueError(f"lsr_correct takes one sinogram (views, detector); got shape {sino.shape}. "
                          "Use lsr_correct_volume for a stack.")
-    if lr is None:
-        lr = COLD_LR if init is None else WARM_LR
-    opts = _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join,
+    opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm=init is not None), tol, patience,
+                    z_weight, early_stop, join,
                     feather_bins, fbp_filter, mu_water, precision)
     t0 = time.perf_counter()
     ctx = _setup(geom, model, device, mu_water, reduce)
@@ -703,7 +707,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     masks = np.broadcast_to(masks, sinos.shape)
     mu_water = scan_mu_water(geom, kwargs.get("mu_water"))
     lr = kwargs.get("lr")
-    opts = _options(steps, lbfgs_steps, COLD_LR if lr is None else lr, kwargs.get("tol", PLATEAU_TOL),
+    opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm=False), kwargs.get("tol", PLATEAU_TOL),
                     kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", DEFAULT_Z_WEIGHT),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
                     kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water,
@@ -726,7 +730,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                 return bool(callback(_s0, step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
         z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev)
         n_steps = steps if z_prev is None else warm_steps
-        batch_opts = opts if z_prev is None or lr is not None else {**opts, "lr": WARM_LR}
+        batch_opts = {**opts, "lr": _adam_lr(lr, warm=z_prev is not None)}
         z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
             ctx, q_np, m_np, z0, n_steps, batch_opts, report, grid_warnings)
         if aborted:
