@@ -51,7 +51,7 @@ def median_step_s(cfg: VAEConfig, x: torch.Tensor, bf16: bool, channels_last: bo
     for i in range(repeats + 3):
         t0 = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss, _, _ = elbo_loss(model, x, 0.02, 1.0, cfg)
+            loss, _, _ = elbo_loss(model, x, 0.02, cfg)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -148,3 +148,31 @@ def test_transfer_weights_copies_what_matches():
     kept = [k for k in sd_wider if k not in fresh]
     assert len(kept) == copied
     assert all(torch.equal(sd_small[k], sd_wider[k]) for k in kept)
+
+
+def test_bone_and_edge_weights_act_where_they_say():
+    from napari_lsr.train import elbo_loss
+
+    class Fixed(torch.nn.Module):
+        """A 'model' that returns a given reconstruction and a posterior equal to the prior."""
+
+        def __init__(self, recon):
+            super().__init__()
+            self.recon = recon
+
+        def forward(self, x):
+            return self.recon, torch.zeros(len(x), 4), torch.zeros(len(x), 4)
+
+    mc = TrainConfig(**TINY).vae_config()
+    to_norm = lambda hu: (hu - mc.hu_min) / (mc.hu_max - mc.hu_min)  # noqa: E731
+    x = torch.full((1, 1, 16, 16), to_norm(0.0))
+    x[..., 6:8, :] = to_norm(1000.0)  # a thin bone line
+    bone_error = x.clone()
+    bone_error[..., 6:8, :] = to_norm(500.0)  # the line drawn too dark
+    offset = x + 0.01  # the same error everywhere: no edge error
+    rec = lambda r, **w: elbo_loss(Fixed(r), x, 0.0, mc, **w)[1].item()  # noqa: E731
+    assert rec(bone_error, bone_weight=2.0) == pytest.approx(3 * rec(bone_error))
+    assert rec(offset, bone_weight=2.0) > rec(offset)  # bone pixels count 3x, the rest 1-2x
+    assert rec(offset, edge_weight=1.0) == pytest.approx(rec(offset))
+    assert rec(bone_error, edge_weight=1.0) > rec(bone_error)  # the dark line has edges
+    assert elbo_loss(Fixed(x), x, 0.1, mc, bone_weight=2.0, edge_weight=1.0)[0].item() == 0.0

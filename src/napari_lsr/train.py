@@ -2,8 +2,10 @@
 
 Objective (per batch, images normalised with the fixed HU map of :class:`VAEConfig`)::
 
-    loss = mean_pixels(w * |x_hat - x|) + beta(t) * KL(q(z|x) || N(0, I)) / n_pixels
-    w    = 1 + soft_tissue_weight inside [-200, 300] HU, else 1
+    loss = mean_pixels(w * |x_hat - x|) + edge_weight * mean_pixels(|grad x_hat - grad x|)
+           + beta(t) * KL(q(z|x) || N(0, I)) / n_pixels
+    w    = 1 + soft_tissue_weight inside [-200, 300] HU, + bone_weight above 300 HU, else 1
+    grad = forward differences along rows and columns (penalises blurred edges and thin bone)
     beta(t) ramps linearly from 0 to ``beta`` over ``kl_warmup_steps``
 
 Adam, linear warm-up then cosine learning-rate decay, gradient-norm clipping. One "epoch" is
@@ -75,6 +77,8 @@ class TrainConfig:
     beta: float = 0.02
     kl_warmup_steps: int = 3_000
     soft_tissue_weight: float = 1.0
+    bone_weight: float = 0.0              # extra L1 weight above BONE_HU (thin bone fades without)
+    edge_weight: float = 0.0              # weight of the L1 between image gradients
     grad_clip: float = 1.0
     val_n: int = 32
     patience: int = 8                     # epochs without val-MAE improvement before stopping
@@ -414,15 +418,22 @@ class SpikeGuard:
         return False
 
 
-def elbo_loss(model, x: torch.Tensor, beta: float, soft_tissue_weight: float, mc: VAEConfig):
-    """Returns (loss, weighted L1 in normalised units, KL per image in nats)."""
+def elbo_loss(model, x: torch.Tensor, beta: float, mc: VAEConfig, soft_tissue_weight: float = 1.0,
+              bone_weight: float = 0.0, edge_weight: float = 0.0):
+    """Returns (loss, reconstruction term (weighted L1 + edge term) in normalised units, KL per
+    image in nats). The weights are those of :class:`TrainConfig` (see the module docstring)."""
     recon, mu, logvar = model(x)
     recon, mu, logvar = recon.float(), mu.float(), logvar.float()
     lo, hi = ((np.array(SOFT_TISSUE_HU) - mc.hu_min) / (mc.hu_max - mc.hu_min)).tolist()
-    w = 1.0 + soft_tissue_weight * ((x > lo) & (x < hi)).float()
-    l1 = (w * (recon - x).abs()).mean()
+    bone = (BONE_HU - mc.hu_min) / (mc.hu_max - mc.hu_min)
+    w = 1.0 + soft_tissue_weight * ((x > lo) & (x < hi)).float() + bone_weight * (x > bone).float()
+    rec = (w * (recon - x).abs()).mean()
+    if edge_weight:
+        d = recon - x
+        rec = rec + edge_weight * 0.5 * ((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
+                                         + (d[..., :, 1:] - d[..., :, :-1]).abs().mean())
     kl = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).sum(1).mean()
-    return l1 + beta * kl / x[0].numel(), l1, kl
+    return rec + beta * kl / x[0].numel(), rec, kl
 
 
 def plot_history(history: list, path) -> None:
@@ -578,7 +589,8 @@ def _train(cfg, rank, world, device, dist) -> Path:
                 x = x.contiguous(memory_format=torch.channels_last)
             beta = cfg.beta * min(1.0, (step + 1) / max(1, cfg.kl_warmup_steps))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
-                loss, l1, kl = elbo_loss(net, x, beta, cfg.soft_tissue_weight, mc)
+                loss, l1, kl = elbo_loss(net, x, beta, mc, cfg.soft_tissue_weight,
+                                         cfg.bone_weight, cfg.edge_weight)
             value = loss.item()
             if spike_guard.bad(value):
                 # a non-finite or exploding loss: skip this batch rather than let one step
@@ -737,6 +749,11 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--kl-warmup-steps", type=int, default=d.kl_warmup_steps, help="(default: %(default)s)")
     a("--soft-tissue-weight", type=float, default=d.soft_tissue_weight,
       help="extra L1 weight on -200..300 HU (default: %(default)s)")
+    a("--bone-weight", type=float, default=d.bone_weight,
+      help="extra L1 weight above 300 HU (default: %(default)s)")
+    a("--edge-weight", type=float, default=d.edge_weight,
+      help="weight of the L1 between image gradients: keeps edges and thin bone sharp "
+      "(default: %(default)s)")
     a("--grad-clip", type=float, default=d.grad_clip, help="(default: %(default)s)")
     a("--val-n", type=int, default=d.val_n, help="validation phantoms (default: %(default)s)")
     a("--patience", type=int, default=d.patience,
