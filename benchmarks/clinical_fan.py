@@ -5,11 +5,14 @@ Scanner: 900 x 1 mm arc detector at SDD 950 mm (SID 540 mm), 720 views over 360 
 256 x 256 at 0.96 mm. A held-out phantom volume (abdomen, 2 mm slices) is truncated to a
 field of measurement of 60 % of the body width. Per slice: a cold start (at most
 ``--steps`` Adam + ``--lbfgs-steps`` L-BFGS, early stopping on) and a warm start from the
-previous slice's z (at most ``--warm-steps``), each with ``reduce=True`` (the fit on the data
-binned to the prior's sampling) and ``reduce=False`` (the fit on the full data); seconds per
+previous slice's z (at most ``--warm-steps``), in three modes: ``reduced`` (the library's
+default: the fit on the data binned to the prior's sampling, a cold start's first half of Adam
+steps on every k-th view), ``reduced_all_views`` (the same without that coarse first stage,
+``COARSE_FRACTION = 0``) and ``full`` (``reduce=False``: the fit on the full data); seconds per
 slice (the projectors are built before timing) and HU errors inside / outside the FOM.
 
     python benchmarks/clinical_fan.py [--slices 3] [--threads 1] [--precision auto]
+                                      [--modes reduced reduced_all_views full]
 
 Writes benchmarks/results/clinical_fan.json. Targets (issue 10): cold <= 15 s, warm <= 3 s
 per slice, reduced no worse in HU than full.
@@ -30,7 +33,12 @@ import torch
 import napari_lsr as lsr
 from napari_lsr.data.phantoms import generate_volume
 from napari_lsr.evaluate import EVAL_SEED0, body_width_mm, clinical_fan_geometry
-from napari_lsr.lsr import PRECISIONS, reduction_for, use_bfloat16
+from napari_lsr import lsr as engine
+from napari_lsr.lsr import (PRECISIONS, coarse_geometry, coarse_view_step, reduction_for,
+                            use_bfloat16)
+
+MODES = {"reduced": (True, engine.COARSE_FRACTION), "reduced_all_views": (True, 0.0),
+         "full": (False, engine.COARSE_FRACTION)}  # name: (reduce, COARSE_FRACTION)
 
 
 def main(argv=None) -> int:
@@ -42,6 +50,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--model", default=None)
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
+    ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clinical_fan.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -54,8 +63,9 @@ def main(argv=None) -> int:
     P = lsr.Projector(geom)
     sinos = P.forward(lsr.hu_to_mu(vol)).numpy() * mask
     red = reduction_for(geom, model)
-    lsr.Projector(red.geom).warm_up()  # both projectors built before timing
-    P.warm_up()
+    fits = [red.geom] * any(MODES[m][0] for m in args.modes) + [geom] * ("full" in args.modes)
+    for g in fits + [coarse_geometry(g, coarse_view_step(g, model.config.image_size)) for g in fits]:
+        lsr.Projector(g).warm_up()  # every projector a mode uses is built before timing
     fom_img = lsr.masks.fom_image_mask(geom, fom)
     body = lsr.data.body_mask(vol)
 
@@ -64,13 +74,14 @@ def main(argv=None) -> int:
         return float(d[fom_img].mean()), float(d[body[k] & ~fom_img].mean())
 
     rows = []
-    for reduce in (True, False):
+    for mode in args.modes:
+        reduce, engine.COARSE_FRACTION = MODES[mode]
         z_prev = None
         for k in range(args.slices):
             kw = dict(model=model, lbfgs_steps=args.lbfgs_steps, reduce=reduce,
                       precision=args.precision)
             cold = lsr.lsr_correct(sinos[k], mask, geom, steps=args.steps, **kw)
-            row = {"reduce": reduce, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
+            row = {"mode": mode, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
                    "cold_mae_in_fom_hu": errors(cold.image_hu, k)[0],
                    "cold_mae_out_fom_hu": errors(cold.image_hu, k)[1]}
             if z_prev is not None:
@@ -82,15 +93,16 @@ def main(argv=None) -> int:
             rows.append(row)
             print(json.dumps(row), flush=True)
 
-    def med(key, reduce):
-        v = [r[key] for r in rows if r["reduce"] == reduce and key in r]
+    def med(key, mode):
+        v = [r[key] for r in rows if r["mode"] == mode and key in r]
         return statistics.median(v) if v else None
 
-    summary = {mode: {k: med(k, reduce) for k in ("cold_s", "warm_s", "cold_steps", "warm_steps",
-                                                 "cold_mae_in_fom_hu", "cold_mae_out_fom_hu",
-                                                 "warm_mae_in_fom_hu", "warm_mae_out_fom_hu")}
-               for mode, reduce in (("reduced", True), ("full", False))}
-    summary["speed_up_cold"] = summary["full"]["cold_s"] / summary["reduced"]["cold_s"]
+    summary = {mode: {k: med(k, mode) for k in ("cold_s", "warm_s", "cold_steps", "warm_steps",
+                                               "cold_mae_in_fom_hu", "cold_mae_out_fom_hu",
+                                               "warm_mae_in_fom_hu", "warm_mae_out_fom_hu")}
+               for mode in args.modes}
+    if "full" in summary and "reduced" in summary:
+        summary["speed_up_cold"] = summary["full"]["cold_s"] / summary["reduced"]["cold_s"]
     summary["reduced_geometry"] = {"n_views": red.geom.n_views, "n_det": red.geom.n_det,
                                    "kv": red.kv, "kd": red.kd, "pad": red.pad}
     summary.update(fom_mm=fom, threads=args.threads, precision=args.precision,

@@ -241,6 +241,30 @@ def test_warm_start_takes_smaller_steps(tiny_prior, case):
     assert np.abs(warm.z - z_true[0].numpy()).max() < np.abs(cold_step.z - z_true[0].numpy()).max()
 
 
+def test_cold_start_begins_on_every_other_view(tiny_prior, case, monkeypatch):
+    """A cold start's first COARSE_FRACTION of Adam steps fit every k-th view (a fraction of
+    the projector's work), then all views with the same Adam state; warm starts and fits with
+    too few views do not; the fit ends as well as without the coarse stage."""
+    from napari_lsr import lsr as engine
+    ctx = engine._setup(GEOM, tiny_prior, None, engine.scan_mu_water(GEOM, None))
+    P_c, k, n = ctx.coarse_stage(40)  # 24 views, a 32-pixel prior: every 3rd view (8 views)
+    assert (k, n) == (3, int(engine.COARSE_FRACTION * 40))
+    np.testing.assert_allclose(P_c.geometry.angles_rad(), GEOM.angles_rad()[::3])
+    few = engine._setup(GEOM.replace(n_views=10), tiny_prior, None, 0.02)
+    assert few.coarse_stage(40) is None and ctx.coarse_stage(1) is None
+    measured, mask, _, z_true = case
+    kw = dict(model=tiny_prior, steps=60, lbfgs_steps=5, early_stop=False, precision="float32")
+    coarse = lsr.lsr_correct(measured, mask, GEOM, **kw)
+    warm = lsr.lsr_correct(measured, mask, GEOM, init=z_true[0].numpy(), **kw)
+    monkeypatch.setattr(engine, "COARSE_FRACTION", 0.0)
+    all_views = lsr.lsr_correct(measured, mask, GEOM, **kw)
+    assert len(coarse.loss_history) == len(all_views.loss_history) == 65
+    assert coarse.loss_history[:30] != all_views.loss_history[:30]  # the misfit on other rays
+    assert coarse.fit.misfit < 1.5 * all_views.fit.misfit + 1e-6
+    warm_all_views = lsr.lsr_correct(measured, mask, GEOM, init=z_true[0].numpy(), **kw)
+    assert warm.loss_history == warm_all_views.loss_history  # a warm start has no coarse stage
+
+
 def test_bfloat16_adam_steps_fit_as_well_as_float32(tiny_prior, case):
     measured, mask, _, _ = case
     kw = dict(model=tiny_prior, steps=60, lbfgs_steps=3, early_stop=False, seed=2)

@@ -38,6 +38,11 @@ COLD_LR = 0.05                     # Adam step from the average slice (z = 0)
 WARM_LR = 0.01                     # Adam step from a neighbouring slice's z: 0.05 took good
 #                                    starts uphill (warm-start chain: final misfit 0.0027-0.0030
 #                                    at 0.05, 0.0022-0.0025 at 0.01, cold starts 0.0022-0.0026)
+COARSE_FRACTION = 0.5              # share of a cold start's Adam steps fitted to every k-th
+#                                    view only (the first steps only find the coarse shape)
+COARSE_VIEWS_PER_PIXEL = 0.25      # k keeps about this many views per 180 deg per pixel of the
+#                                    prior's side (64 at 256: 60 of the reduced 180, a third of
+#                                    the projector's time on the clinical fan beam)
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
@@ -347,7 +352,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
               steps: int, lbfgs_steps: int, lr: float, tol: float, patience: int,
               report: Optional[Callable[[int, float, torch.Tensor], bool]],
               z_weight: float = 0.0, noise_var: Optional[torch.Tensor] = None,
-              early_stop: bool = True, bf16: bool = False):
+              early_stop: bool = True, bf16: bool = False, coarse: Optional[tuple] = None):
     """Adam then L-BFGS on z; q, m: (B, V, D); z0: (B, z_size).
 
     The loss is the masked mean squared misfit, summed over the batch (slices independent),
@@ -356,18 +361,27 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     loss improved by less than ``tol`` (relative) over ``patience`` steps. ``report(step,
     loss, mu_image)`` is called after every step; returning True aborts. ``bf16``: the
     prior's decoder runs under bfloat16 autocast in the Adam steps (L-BFGS stays float32).
+    ``coarse = (P_coarse, k, n)``: the first ``n`` Adam steps fit every ``k``-th view only
+    (``P_coarse`` projects those views), the rest all views, with the same Adam state.
     Returns (z, history of the summed data misfit, per-slice final misfit (B,), stop_reason,
     stop_detail) with stop_reason "converged", "max_steps" or "aborted"."""
-    n_valid = m.sum(dim=(-2, -1)).clamp_min(1.0)
     z = z0.clone().requires_grad_(True)
     history: List[float] = []
     state = {}
+    full = (P, q, m, m.sum(dim=(-2, -1)).clamp_min(1.0))
+    stages = [(full, steps)]
+    if coarse is not None and 0 < coarse[2] < steps:
+        P_c, k, n_c = coarse
+        m_c = m[:, ::k].contiguous()
+        stages = [((P_c, q[:, ::k].contiguous(), m_c, m_c.sum(dim=(-2, -1)).clamp_min(1.0)), n_c),
+                  (full, steps - n_c)]
 
-    def loss_fn(low_precision=False):
+    def loss_fn(data_term=full, low_precision=False):
+        P_, q_, m_, n_valid = data_term
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=low_precision):
             mu = prior.mu(z)
         mu = mu.float()
-        r = (P.forward(mu) - q) * m
+        r = (P_.forward(mu) - q_) * m_
         data = r.square().sum(dim=(-2, -1)) / n_valid
         state["per_slice"] = data.detach()
         total = data.sum()
@@ -380,14 +394,15 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         if report is not None and report(len(history), loss_value, mu.detach()):
             raise _Stop
 
-    def converged():
+    def converged(stage_start):
         if not early_stop:
             return None
         if noise_var is not None and bool((state["per_slice"] <= 1.2 * noise_var).all()):
             return f"misfit at the noise level after {len(history)} steps"
-        if len(history) > patience:
-            old = history[-patience - 1]
-            if (old - min(history[-patience:])) <= tol * abs(old):
+        recent = history[stage_start:]
+        if len(recent) > patience:
+            old = recent[-patience - 1]
+            if (old - min(recent[-patience:])) <= tol * abs(old):
                 return (f"loss improved by less than {tol:g} (relative) over {patience} steps, "
                         f"after {len(history)} steps")
         return None
@@ -395,16 +410,20 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     reason, detail = "max_steps", f"all {steps} Adam steps used"
     try:
         opt = torch.optim.Adam([z], lr=lr)
-        for _ in range(steps):
-            opt.zero_grad(set_to_none=True)
-            loss, data, mu = loss_fn(bf16)
-            loss.backward()
-            opt.step()
-            after_step(data, mu)
-            why = converged()
-            if why:
-                reason, detail = "converged", why
-                break
+        why = None
+        for data_term, n_steps in stages:
+            stage_start = len(history)
+            for _ in range(n_steps):
+                opt.zero_grad(set_to_none=True)
+                loss, data, mu = loss_fn(data_term, bf16)
+                loss.backward()
+                opt.step()
+                after_step(data, mu)
+                why = converged(stage_start)
+                if why:
+                    break
+        if why and data_term is full:
+            reason, detail = "converged", why
         if lbfgs_steps > 0:
             lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=1, history_size=20,
                                       line_search_fn="strong_wolfe")
@@ -484,15 +503,21 @@ def _detector_spacing_at_isocentre_mm(geom: Geometry) -> float:
     return geom.det_spacing_mm
 
 
+def _views_per_180(geom: Geometry) -> float:
+    """Distinct view directions per 180 degrees (explicit angle lists: all of them)."""
+    v180 = geom.n_views * 180.0 / (geom.arc_deg if geom.angles_deg is None else 180.0)
+    if hasattr(geom, "sid_mm") and geom.angles_deg is None and geom.arc_deg >= 360.0:
+        v180 *= 2  # a full fan scan sees every line twice, the complementary rays interleaved
+    return v180
+
+
 def reduction_for(geom: Geometry, model) -> Optional[Reduction]:
     """The reduced problem for fitting ``model`` to data of geometry ``geom``, or None when
     the data are not finer than the prior's sampling and the grids agree (then the fit runs
     on the data as they are)."""
     c = model.config
     kd = max(1, int(round(c.pixel_size_mm / _detector_spacing_at_isocentre_mm(geom))))
-    v180 = geom.n_views * 180.0 / (geom.arc_deg if geom.angles_deg is None else 180.0)
-    if hasattr(geom, "sid_mm") and geom.angles_deg is None and geom.arc_deg >= 360.0:
-        v180 *= 2  # a full fan scan sees every line twice, the complementary rays interleaved
+    v180 = _views_per_180(geom)
     target = REDUCED_VIEWS_PER_PIXEL * c.image_size
     kv = max(1, int(v180 // target)) if geom.angles_deg is None else 1
     same_grid = c.image_size == geom.image_size and math.isclose(c.pixel_size_mm, geom.pixel_size_mm)
@@ -527,6 +552,30 @@ class _Context:
     reduction: Optional[Reduction]
     P_fit: Projector
     prior_fit: _PriorOnGrid
+    P_coarse: Optional[Projector] = None
+
+    def coarse_stage(self, steps: int) -> Optional[tuple]:
+        """``(P_coarse, k, n)`` for :func:`_optimise`: a cold start's first ``COARSE_FRACTION``
+        of ``steps`` on every k-th view of the fit (k keeps about ``COARSE_VIEWS_PER_PIXEL``
+        views per 180 degrees per pixel of the prior's side), or None when k < 2."""
+        g = self.P_fit.geometry
+        k = coarse_view_step(g, self.model.config.image_size)
+        n_coarse = int(COARSE_FRACTION * steps)
+        if n_coarse < 1 or k < 2:
+            return None
+        if self.P_coarse is None:
+            self.P_coarse = Projector(coarse_geometry(g, k), device=self.dev)
+        return self.P_coarse, k, n_coarse
+
+
+def coarse_view_step(geom: Geometry, prior_image_size: int) -> int:
+    """Every how many views the coarse first stage of a cold start keeps (1: no coarse stage)."""
+    return int(round(_views_per_180(geom) / (COARSE_VIEWS_PER_PIXEL * prior_image_size)))
+
+
+def coarse_geometry(geom: Geometry, k: int) -> Geometry:
+    """``geom`` with every ``k``-th view (the first stage of a cold start's fit)."""
+    return geom.replace(angles_deg=tuple(float(a) for a in np.rad2deg(geom.angles_rad()[::k])))
 
 
 PRECISIONS = ("auto", "float32", "bfloat16")
@@ -584,8 +633,9 @@ def _load_model_arg(model):
     return model
 
 
-def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_):
-    """Optimise one batch of slices (on the reduced problem when there is one), then inpaint
+def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_, cold: bool):
+    """Optimise one batch of slices (on the reduced problem when there is one; a ``cold``
+    start begins on every other view, see :meth:`_Context.coarse_stage`), then inpaint
     and reconstruct at full resolution; returns (z, history, fits, completed, image_hu,
     gen_hu, aborted)."""
     fq, fm = (q_np, m_np) if ctx.reduction is None else ctx.reduction.reduce(q_np, m_np)
@@ -597,7 +647,7 @@ def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_)
     z, history, per, reason, detail = _optimise(
         ctx.prior_fit, ctx.P_fit, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
         opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"],
-        use_bfloat16(opts["precision"], dev))
+        use_bfloat16(opts["precision"], dev), ctx.coarse_stage(n_steps) if cold else None)
     fits = [_fit_report(per[i], len(history), reason, detail, fq[i], fm[i],
                         warnings_ + _data_warnings(ctx.model, ctx.P.geometry, q_np[i], m_np[i]))
             for i in range(q_np.shape[0])]
@@ -668,7 +718,8 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
             return bool(callback(step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
     z0 = _initial_z(ctx.model, init, 1, seed, ctx.dev)
     z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
-        ctx, sino[None], mask[None], z0, steps, opts, report, prior_warnings(ctx.model, geom))
+        ctx, sino[None], mask[None], z0, steps, opts, report, prior_warnings(ctx.model, geom),
+        cold=init is None)
     if aborted:
         completed, image_hu, gen_hu = _finish(ctx.prior, ctx.P, sino[None], mask[None], z, join,
                                               fbp_filter, mu_water, feather_bins)
@@ -732,7 +783,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         n_steps = steps if z_prev is None else warm_steps
         batch_opts = {**opts, "lr": _adam_lr(lr, warm=z_prev is not None)}
         z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
-            ctx, q_np, m_np, z0, n_steps, batch_opts, report, grid_warnings)
+            ctx, q_np, m_np, z0, n_steps, batch_opts, report, grid_warnings, cold=z_prev is None)
         if aborted:
             out.stopped = True
             break
