@@ -166,6 +166,24 @@ def test_fit_report_good_fit_and_noise_level_stop(tiny_prior, case):
     assert d["ok"] and d["stop_reason"] == "converged" and "relative_residual" in d
 
 
+@pytest.mark.parametrize("lbfgs_steps", [0, 6])
+def test_fit_report_is_the_misfit_of_the_returned_z(tiny_prior, case, lbfgs_steps):
+    """The reported misfit (and the last loss) belong to the z returned, not to a trial point
+    of L-BFGS's line search that it rejected."""
+    from napari_lsr.lsr import scan_mu_water
+    measured, mask, _, _ = case
+    res = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=30, lbfgs_steps=lbfgs_steps,
+                          precision="float32", join=False)
+    with torch.no_grad():
+        hu = tiny_prior.decode_hu(torch.as_tensor(res.z)[None])[0]
+        proj = lsr.Projector(GEOM).forward(lsr.hu_to_mu(hu, scan_mu_water(GEOM, None))).numpy()
+    valid = mask == 1
+    misfit = float(np.square(proj - measured)[valid].mean())
+    assert res.fit.misfit == pytest.approx(misfit, rel=1e-3)
+    assert res.loss_history[-1] == pytest.approx(misfit, rel=1e-3)
+    assert len(res.loss_history) == 30 + lbfgs_steps
+
+
 def test_noise_estimate_on_a_realistic_sinogram():
     from napari_lsr.data.phantoms import generate_slice
     geom = lsr.ParallelBeam(image_size=128, pixel_size_mm=3.0, n_views=90, n_det=183,

@@ -428,16 +428,27 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
             lbfgs = torch.optim.LBFGS([z], lr=1.0, max_iter=1, history_size=20,
                                       line_search_fn="strong_wolfe")
 
+            trials = []
+
             def closure():
                 lbfgs.zero_grad(set_to_none=True)
                 loss, data, mu = loss_fn()
                 loss.backward()
-                state["data"], state["mu"] = data, mu
+                trials.append((float(loss.detach()), data, mu.detach()))
                 return loss
 
             for _ in range(lbfgs_steps):
+                trials.clear()
                 lbfgs.step(closure)
-                after_step(state["data"], state["mu"])
+                # the line search's last trial may be one it rejected: report the point it
+                # kept, the lowest loss of the step (the misfit of a rejected trial was once
+                # reported as the fit's: 40-60 % instead of 7 %)
+                _, data, mu = min(trials, key=lambda t: t[0])
+                after_step(data, mu)
+        with torch.no_grad():  # the fit report's misfit is that of the z returned
+            loss_fn()
+        if history:
+            history[-1] = float(state["per_slice"].sum())
         return z.detach(), history, state["per_slice"].cpu().numpy(), reason, detail
     except _Stop:
         per = state.get("per_slice")
