@@ -37,6 +37,8 @@ def main(argv=None) -> int:
     ap.add_argument("--steps", type=int, default=300, help="Adam steps, cold first batch (max)")
     ap.add_argument("--warm-steps", type=int, default=30, help="Adam steps per warm batch (max)")
     ap.add_argument("--lbfgs-steps", type=int, default=5)
+    ap.add_argument("--lr", type=float, default=None,
+                    help="Adam step for every batch (default: the library's, COLD_LR cold, WARM_LR warm)")
     ap.add_argument("--fom-mm", type=float, default=250.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
@@ -80,7 +82,7 @@ def main(argv=None) -> int:
     res = lsr.lsr_correct_volume(sinos, mask, geom, model=lsr.load_model(args.model),
                                  steps=args.steps, warm_steps=args.warm_steps,
                                  lbfgs_steps=args.lbfgs_steps, batch_size=args.batch,
-                                 callback=progress)
+                                 callback=progress, lr=args.lr)
     t_lsr = time.perf_counter() - t1
     fom = lsr.masks.fom_image_mask(geom, args.fom_mm)
     body = lsr.data.body_mask(hu)
@@ -94,12 +96,16 @@ def main(argv=None) -> int:
         "slices": args.slices, "image": f"{args.size}^2 at {args.pixel_mm} mm",
         "geometry": geom.to_dict(), "virtual_bins": [n_left, n_right], "fom_mm": args.fom_mm,
         "batch_size": args.batch, "threads": args.threads, "steps_cold_max": args.steps,
-        "warm_steps_max": args.warm_steps, "lbfgs_steps": args.lbfgs_steps,
+        "warm_steps_max": args.warm_steps, "lbfgs_steps": args.lbfgs_steps, "lr": args.lr,
         "projector_method": est.method, "projector_setup_s": t_setup,
         "lsr_total_s": t_lsr, "lsr_s_per_slice": t_lsr / args.slices,
         "steps_per_slice_median": float(np.median(steps)), "peak_rss_mb": peak_mb,
         "mae_inside_fom_hu": err_in, "mae_outside_fom_body_hu": err_out,
         "mae_inside_fom_uncorrected_first4_hu": err_unc,
+        "relative_residual_median": float(np.median([f.relative_residual for f in res.fits])),
+        "relative_residual_max": float(max(f.relative_residual for f in res.fits)),
+        "relative_residual_per_slice": [round(f.relative_residual, 4) for f in res.fits],
+        "steps_per_slice": steps,
         "fit_warnings": sorted({w for f in res.fits for w in f.warnings}),
         "loadavg_1min": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
     }
