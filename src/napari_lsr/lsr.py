@@ -41,8 +41,8 @@ WARM_LR = 0.01                     # Adam step from a neighbouring slice's z: 0.
 COARSE_FRACTION = 0.5              # share of a cold start's Adam steps fitted to every k-th
 #                                    view only (the first steps only find the coarse shape)
 COARSE_VIEWS_PER_PIXEL = 0.25      # k keeps about this many views per 180 deg per pixel of the
-#                                    prior's side (64 at 256: 60 of the reduced 180, a third of
-#                                    the projector's time on the clinical fan beam)
+#                                    prior's side (64 at 256: 60 of the reduced 180 on the
+#                                    clinical fan beam, the projector's fwd + bwd 17 vs 40 ms)
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
@@ -646,7 +646,7 @@ def _load_model_arg(model):
 
 def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_, cold: bool):
     """Optimise one batch of slices (on the reduced problem when there is one; a ``cold``
-    start begins on every other view, see :meth:`_Context.coarse_stage`), then inpaint
+    start begins on every k-th view, see :meth:`_Context.coarse_stage`), then inpaint
     and reconstruct at full resolution; returns (z, history, fits, completed, image_hu,
     gen_hu, aborted)."""
     fq, fm = (q_np, m_np) if ctx.reduction is None else ctx.reduction.reduce(q_np, m_np)
