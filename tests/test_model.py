@@ -54,6 +54,10 @@ def test_decode_batch_one_equals_batch_many(tiny):
 def test_bad_config():
     with pytest.raises(ValueError, match="image_size"):
         VAEConfig(image_size=36, channel_mults=(1, 2, 4, 8))
+    with pytest.raises(ValueError, match="multiple of 8"):  # GroupNorm's 8 groups
+        VAEConfig(base_channels=44, channel_mults=(1, 2, 4, 8), stem_factor=4)
+    VAEConfig(base_channels=40, channel_mults=(1, 2, 4, 8), stem_factor=4)
+    VAEConfig(base_channels=4, channel_mults=(1, 2, 4), image_size=32)
 
 
 def test_checkpoint_round_trip_exact(tiny, ckpt):

@@ -81,6 +81,11 @@ class VAEConfig:
             raise ValueError(f"image_size {self.image_size} with stem_factor {self.stem_factor} "
                              f"is not divisible into {n_down} halvings down to >= 2 pixels; "
                              "change image_size, stem_factor or channel_mults")
+        odd = [w for w in self.widths if w > 8 and w % 8]
+        if odd:
+            raise ValueError(f"base_channels {self.base_channels} x channel_mults "
+                             f"{self.channel_mults} gives widths {odd} that GroupNorm's 8 groups "
+                             "cannot split: use a base width that is a multiple of 8 (or below 8)")
         if self.hu_max <= self.hu_min:
             raise ValueError("hu_max must be greater than hu_min")
         if self.spatial_prior not in ("standard", "conditional"):
