@@ -31,6 +31,8 @@ SWEEP = {  # untrained decoders, forward+backward at batch 1
     "conv stem 8 x (1..32) + full-res block": VAEConfig(full_res_block=True),
     "pixel-unshuffle 32 x (1, 2, 4, 8), 128-vector": VAEConfig(**UNSHUFFLE),
     "pixel-unshuffle + 16x16x4 spatial latent": VAEConfig(**UNSHUFFLE, spatial_channels=4),
+    "pixel-unshuffle + 16x16x4 + refiner of width 16": VAEConfig(**UNSHUFFLE, spatial_channels=4,
+                                                                refine_channels=16),
     "pixel-unshuffle + 32x32x4 spatial latent": VAEConfig(**UNSHUFFLE, spatial_channels=4,
                                                           spatial_size=32),
     "pixel-unshuffle 48 x (1, 2, 4, 8) + 32x32x4": VAEConfig(stem_factor=4, base_channels=48,

@@ -58,6 +58,8 @@ def test_bad_config():
         VAEConfig(base_channels=44, channel_mults=(1, 2, 4, 8), stem_factor=4)
     VAEConfig(base_channels=40, channel_mults=(1, 2, 4, 8), stem_factor=4)
     VAEConfig(base_channels=4, channel_mults=(1, 2, 4), image_size=32)
+    with pytest.raises(ValueError, match="refine_channels"):
+        VAEConfig(refine_channels=-1)
 
 
 def test_checkpoint_round_trip_exact(tiny, ckpt):
@@ -68,6 +70,33 @@ def test_checkpoint_round_trip_exact(tiny, ckpt):
         assert torch.equal(v, m.state_dict()[k]), k
     z = torch.randn(4, 8)
     assert torch.equal(m.decode(z), tiny.decode(z))
+
+
+@pytest.mark.parametrize("stem", [1, 4])
+def test_refiner_starts_as_identity_then_learns_and_round_trips(stem, tmp_path):
+    """A prior grown with a full-resolution refiner (``--refine-channels`` with
+    ``--init-from``) first decodes exactly as the prior it was grown from; training moves it."""
+    from napari_lsr.train import transfer_weights
+
+    torch.manual_seed(0)
+    cfg = {**TINY, "stem_factor": stem, "channel_mults": (1, 2, 4, 8) if stem == 1 else (1, 2)}
+    base = VAE(VAEConfig(**cfg)).eval()
+    grown = VAE(VAEConfig(**cfg, refine_channels=4)).eval()
+    _, fresh = transfer_weights(base, grown)
+    assert fresh and all(k.startswith("refiner.") for k in fresh)
+    z = torch.randn(3, 8)
+    assert torch.equal(grown.decode(z), base.decode(z))
+    assert grown.n_parameters()["decoder"] > base.n_parameters()["decoder"]
+    target = torch.rand(3, 1, 32, 32)
+    opt = torch.optim.SGD(grown.refiner.parameters(), lr=0.5)
+    for _ in range(3):
+        opt.zero_grad()
+        (grown.decode_normalised(z) - target).abs().mean().backward()
+        opt.step()
+    with torch.no_grad():
+        assert (grown.decode(z) - base.decode(z)).abs().max() > 1.0  # HU
+    m = load_model(save_checkpoint(grown, tmp_path / "r.pt", {}))
+    assert m.config.refine_channels == 4 and torch.equal(m.decode(z), grown.decode(z))
 
 
 def test_half_checkpoint_and_gradient_to_z(tiny, tmp_path):

@@ -68,6 +68,7 @@ class TrainConfig:
     spatial_channels: int = 4             # > 0: spatial latent beside the global vector
     spatial_size: int = 16
     spatial_prior: str = "conditional"    # or "standard": N(0, I) for the spatial latent
+    refine_channels: int = 0              # > 0: full-resolution refiner of that width
     steps: int = 30_000                   # total optimiser steps (sets the cosine schedule)
     epoch_steps: int = 500
     batch_size: int = 8
@@ -111,7 +112,7 @@ class TrainConfig:
                          attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm,
                          stem_factor=self.stem_factor, full_res_block=self.full_res_block,
                          spatial_channels=self.spatial_channels, spatial_size=self.spatial_size,
-                         spatial_prior=self.spatial_prior)
+                         spatial_prior=self.spatial_prior, refine_channels=self.refine_channels)
 
 
 def transfer_weights(src: VAE, dst: VAE, name="checkpoint") -> tuple[int, list[str]]:
@@ -734,6 +735,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--spatial-prior", default=d.spatial_prior, choices=("standard", "conditional"),
       help="prior of the spatial latent: N(0, I), or conditional on the global vector "
       "(coherent random draws) (default: %(default)s)")
+    a("--refine-channels", type=int, default=d.refine_channels,
+      help="width of a full-resolution refiner after the decoder's head, for thin bone; it "
+      "starts as the identity, so it can be added to a trained prior with --init-from; "
+      "0 = none (default: %(default)s)")
     a("--steps", type=int, default=d.steps, help="total optimiser steps; sets the cosine "
       "schedule (default: %(default)s)")
     a("--epoch-steps", type=int, default=d.epoch_steps,

@@ -52,7 +52,8 @@ class VAEConfig:
     spatial_size x spatial_size grid beside the global vector (0 channels: none);
     spatial_prior: "standard" (the spatial latent's prior is N(0, I)) or "conditional" (its
     prior is N(mu(g), sigma(g)^2), predicted from the global vector g; z then holds the
-    whitened spatial latent, so z ~ N(0, I) still, and random draws are coherent images).
+    whitened spatial latent, so z ~ N(0, I) still, and random draws are coherent images);
+    refine_channels: width of the full-resolution refiner (0: none).
     """
 
     image_size: int = 256
@@ -69,6 +70,7 @@ class VAEConfig:
     spatial_channels: int = 0
     spatial_size: int = 16
     spatial_prior: str = "standard"
+    refine_channels: int = 0
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -86,6 +88,8 @@ class VAEConfig:
             raise ValueError(f"base_channels {self.base_channels} x channel_mults "
                              f"{self.channel_mults} gives widths {odd} that GroupNorm's 8 groups "
                              "cannot split: use a base width that is a multiple of 8 (or below 8)")
+        if self.refine_channels < 0:
+            raise ValueError(f"refine_channels must be >= 0, got {self.refine_channels}")
         if self.hu_max <= self.hu_min:
             raise ValueError("hu_max must be greater than hu_min")
         if self.spatial_prior not in ("standard", "conditional"):
@@ -184,6 +188,22 @@ class ConditionalPrior(nn.Module):
         return mu.flatten(1), logvar.flatten(1).clamp(*PRIOR_LOGVAR)
 
 
+class Refiner(nn.Module):
+    """Full-resolution refinement: (features (B,c,S,S), logit (B,1,S,S)) -> refined logit,
+    the logit plus three 3x3 convolutions of both; the last starts at zero (identity)."""
+
+    def __init__(self, in_channels: int, channels: int):
+        super().__init__()
+        self.net = nn.Sequential(nn.Conv2d(in_channels + 1, channels, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(channels, channels, 3, padding=1), nn.SiLU(),
+                                 nn.Conv2d(channels, 1, 3, padding=1))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, features: torch.Tensor, logit: torch.Tensor) -> torch.Tensor:
+        return logit + self.net(torch.cat([features, logit], 1))
+
+
 class VAE(nn.Module):
     """Encoder/decoder VAE on normalised CT slices; see the module docstring."""
 
@@ -228,6 +248,8 @@ class VAE(nn.Module):
         else:
             dec += [_norm(w[0]), nn.SiLU(), nn.Conv2d(w[0], 1, 3, padding=1)]
         self.decoder = nn.Sequential(*dec)
+        if cfg.refine_channels:
+            self.refiner = Refiner(dec[-1].in_channels, cfg.refine_channels)
         if k is not None:
             cs = cfg.spatial_channels
             self.to_spatial = nn.Sequential(_norm(w[k]), nn.SiLU(), nn.Conv2d(w[k], 2 * cs, 1))
@@ -345,10 +367,15 @@ class VAE(nn.Module):
             pmu, plogvar = self.spatial_prior(zg)
             zs = (pmu + torch.exp(0.5 * plogvar) * zs.flatten(1)).view_as(zs)
         h = self.from_latent(zg).view(z.shape[0], c.bottleneck_channels, b, b)
+        last = len(self.decoder) - 1
         for i, m in enumerate(self.decoder):
+            if i == last:
+                features = h
             h = m(h)
             if i == self._dec_tap:
                 h = h + self.from_spatial(zs)
+        if c.refine_channels:
+            h = self.refiner(features, h)
         return torch.sigmoid(h)
 
     def forward(self, x: torch.Tensor):
@@ -393,5 +420,6 @@ class VAE(nn.Module):
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
         spatial = sum(count(getattr(self, n)) for n in ("from_spatial", "spatial_prior")
                       if hasattr(self, n))
+        refiner = count(self.refiner) if hasattr(self, "refiner") else 0
         return {"total": count(self),
-                "decoder": count(self.decoder) + count(self.from_latent) + spatial}
+                "decoder": count(self.decoder) + count(self.from_latent) + spatial + refiner}
