@@ -418,8 +418,7 @@ class VAE(nn.Module):
 
     def n_parameters(self) -> dict:
         count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-        spatial = sum(count(getattr(self, n)) for n in ("from_spatial", "spatial_prior")
-                      if hasattr(self, n))
-        refiner = count(self.refiner) if hasattr(self, "refiner") else 0
+        extra = sum(count(getattr(self, n)) for n in ("from_spatial", "spatial_prior", "refiner")
+                    if hasattr(self, n))
         return {"total": count(self),
-                "decoder": count(self.decoder) + count(self.from_latent) + spatial + refiner}
+                "decoder": count(self.decoder) + count(self.from_latent) + extra}
