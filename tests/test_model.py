@@ -206,3 +206,39 @@ def test_latent_calibration_public_coordinates_and_old_files(tmp_path):
     torch.save(sd, tmp_path / "old.pt")
     old = load_model(tmp_path / "old.pt")
     assert torch.equal(old.global_chol, torch.eye(8)) and not old.latent_shift.any()
+    assert len(old.mixture_weight) == 0 and old.sample(2).shape == (2, 32, 32)
+
+
+def test_latent_mixture_fits_clusters_and_round_trips(tmp_path):
+    """The sampling mixture finds well-separated clusters, sample() draws from it, and it
+    survives a checkpoint round trip (also in float16)."""
+    from napari_lsr.model.mixture import fit_diagonal_gmm, sample_diagonal_gmm
+
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[-5.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
+    pts = torch.cat([c + 0.3 * torch.randn(200, 3, generator=g) for c in centres])
+    w, mean, std = fit_diagonal_gmm(pts, 3, var_floor=1e-4)
+    order = mean[:, 0].argsort()
+    assert torch.allclose(w, torch.full((3,), 1 / 3), atol=0.02)
+    assert torch.allclose(mean[order][:, :2], centres[[0, 2, 1]][:, :2], atol=0.1)
+    assert torch.allclose(std, torch.full_like(std, 0.3), atol=0.1)
+    draws = sample_diagonal_gmm(w, mean, std, 300, torch.Generator().manual_seed(1))
+    nearest = torch.cdist(draws, centres).min(1).values
+    assert (nearest < 1.5).all()
+    with pytest.raises(ValueError, match="at least 6 points"):
+        fit_diagonal_gmm(pts[:5], 3)
+
+    torch.manual_seed(0)
+    m = VAE(VAEConfig(**TINY)).eval()
+    info = m.calibrate_latent(torch.rand(40, 1, 32, 32), mixture_components=4)
+    assert info["mixture_components"] == 4 and m.mixture_mean.shape == (4, 8)
+    a = m.sample(3, torch.Generator().manual_seed(2))
+    for half in (False, True):
+        back = load_model(save_checkpoint(m, tmp_path / f"mix{half}.pt", {}, half=half))
+        assert back.mixture_mean.shape == (4, 8)
+        assert torch.allclose(back.sample(3, torch.Generator().manual_seed(2)), a,
+                              atol=1.0 if not half else 60.0)  # HU
+    with pytest.raises(ValueError, match="shape"):
+        m.set_latent_mixture(torch.ones(2), torch.zeros(2, 7), torch.ones(2, 7))
+    m.set_latent_mixture(torch.zeros(0), torch.zeros(0, 8), torch.zeros(0, 8))
+    assert m.sample(2).shape == (2, 32, 32)

@@ -42,6 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from .model.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
+from .model.mixture import DEFAULT_COMPONENTS
 from .model.vae import VAE, VAEConfig
 
 TRAIN_SEEDS = 1_000_000
@@ -460,7 +461,7 @@ def plot_history(history: list, path) -> None:
 def save_samples_figure(model: VAE, path, n: int = 4, seed0: int = EVAL_SEED0, seed: int = 0,
                         window=(-1000.0, 1000.0), temperatures=(1.0, 0.7)) -> None:
     """PNG: ``n`` held-out phantoms (seeds from ``seed0``), their reconstructions, then a row
-    of ``n`` random samples decoded from z ~ N(0, t^2 I) per temperature t; grey window in HU."""
+    of ``n`` random draws (:meth:`VAE.sample`) per temperature t; grey window in HU."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -472,7 +473,8 @@ def save_samples_figure(model: VAE, path, n: int = 4, seed0: int = EVAL_SEED0, s
     x = model.from_hu(torch.from_numpy(gt)[:, None].clamp(c.hu_min, c.hu_max)).to(p.device)
     rec = model.to_hu(model(x)[0])[:, 0].cpu().numpy()
     rows = [("held-out phantom", gt), ("reconstruction", rec)]
-    rows += [(f"random sample, t = {t:g}",
+    source = "latent mixture" if len(model.mixture_weight) else "N(0, I)"
+    rows += [(f"random draw, t = {t:g}\n({source})",
               model.sample(n, torch.Generator().manual_seed(seed), temperature=t).cpu().numpy())
              for t in temperatures]
     model.train(was_training)
@@ -663,10 +665,12 @@ def _train(cfg, rank, world, device, dist) -> Path:
 
 
 def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = None,
-                         half: bool | None = None, seed0: int = 900_000) -> dict:
-    """Fit the public latent of the prior in ``path`` (see ``VAE.calibrate_latent``) to ``n``
-    training slices and write it back (atomically). ``source``: the run's BatchSource (its
-    phantoms and user data); default: phantoms with training seeds from ``seed0``."""
+                         half: bool | None = None, seed0: int = 900_000,
+                         mixture_components: int = DEFAULT_COMPONENTS) -> dict:
+    """Fit the public latent of the prior in ``path`` and its sampling mixture (see
+    ``VAE.calibrate_latent``) to ``n`` training slices and write it back (atomically).
+    ``source``: the run's BatchSource (its phantoms and user data); default: phantoms with
+    training seeds from ``seed0``."""
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     mc = model.config
@@ -677,7 +681,7 @@ def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = Non
     else:
         hu = phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None)
         x = model.from_hu(torch.from_numpy(hu)).clamp(0, 1)[:, None]
-    info = model.calibrate_latent(x)
+    info = model.calibrate_latent(x, mixture_components=mixture_components)
     summary = {**model.training_summary, "latent_calibration": info}
     save_checkpoint(model, path, summary, extra=ckpt.get("extra"), half=half)
     return info

@@ -88,8 +88,10 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint") -> VAE:
     model = VAE(config_from_dict(ckpt["config"], path))
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     try:
+        if "mixture_weight" in sd:  # its size (components) is the file's
+            model.set_latent_mixture(sd["mixture_weight"], sd["mixture_mean"], sd["mixture_std"])
         missing, unexpected = model.load_state_dict(sd, strict=False)
-    except RuntimeError as e:
+    except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: weights do not match the model config: {e}") from e
     missing = [k for k in missing if k not in VAE.CALIBRATION_BUFFERS]  # older files: identity
     if missing or unexpected:

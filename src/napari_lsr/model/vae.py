@@ -37,6 +37,8 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
+from .mixture import DEFAULT_COMPONENTS, fit_diagonal_gmm, sample_diagonal_gmm
+
 
 @dataclass
 class VAEConfig:
@@ -263,8 +265,26 @@ class VAE(nn.Module):
         self.register_buffer("latent_shift", torch.zeros(cfg.z_size))
         self.register_buffer("global_chol", torch.eye(cfg.latent_dim))
         self.register_buffer("spatial_scale", torch.ones(n_s))
+        # sampling mixture over u (none until calibrate_latent; see model/mixture.py)
+        self.register_buffer("mixture_weight", torch.zeros(0))
+        self.register_buffer("mixture_mean", torch.zeros(0, cfg.z_size))
+        self.register_buffer("mixture_std", torch.zeros(0, cfg.z_size))
 
-    CALIBRATION_BUFFERS = ("latent_shift", "global_chol", "spatial_scale")
+    CALIBRATION_BUFFERS = ("latent_shift", "global_chol", "spatial_scale", "mixture_weight",
+                           "mixture_mean", "mixture_std")
+
+    def set_latent_mixture(self, weight: torch.Tensor, mean: torch.Tensor,
+                           std: torch.Tensor) -> None:
+        """Install a sampling mixture over the public latent: weights (K,), means and stds
+        (K, z_size); K = 0 removes it (:meth:`sample` then draws from N(0, I))."""
+        k, z = len(weight), self.config.z_size
+        if mean.shape != (k, z) or std.shape != (k, z):
+            raise ValueError(f"latent mixture of {k} components needs means and stds of shape "
+                             f"({k}, {z}), got {tuple(mean.shape)} and {tuple(std.shape)}")
+        p = self.latent_shift
+        self.mixture_weight = weight.to(p.device, p.dtype)
+        self.mixture_mean = mean.to(p.device, p.dtype)
+        self.mixture_std = std.to(p.device, p.dtype)
 
     # -- latent calibration ------------------------------------------------------------------
     def from_public(self, u: torch.Tensor) -> torch.Tensor:
@@ -282,11 +302,13 @@ class VAE(nn.Module):
         return torch.cat([g, z[:, d:] / self.spatial_scale], 1)
 
     @torch.no_grad()
-    def calibrate_latent(self, x: torch.Tensor, batch: int = 32) -> dict:
+    def calibrate_latent(self, x: torch.Tensor, batch: int = 32,
+                         mixture_components: int = DEFAULT_COMPONENTS) -> dict:
         """Fit the public latent to the encodings (posterior means) of normalised training
         slices ``x`` (N,1,S,S): full-covariance Gaussian for the global vector, per-dimension
-        mean and scale for the spatial part. Random draws u ~ N(0, I) then decode to slices
-        like the training anatomy, and LSR starts (u = 0) from the average slice."""
+        mean and scale for the spatial part, so that LSR starts (u = 0) from the average
+        slice; then a diagonal mixture of ``mixture_components`` Gaussians over the public
+        encodings (0: none), which :meth:`sample` draws from (see ``model/mixture.py``)."""
         was = self.training
         self.eval()
         self.latent_shift.zero_()  # identity: encode in the network's own coordinates
@@ -301,7 +323,10 @@ class VAE(nn.Module):
         self.global_chol.copy_(torch.linalg.cholesky(cov).float())
         if mu.shape[1] > d:
             self.spatial_scale.copy_(mu[:, d:].std(0).clamp_min(1e-3).float())
-        return {"n": len(mu), "global_mean_norm": float(mean[:d].norm()),
+        k = min(mixture_components, len(mu) // 2)
+        if k:
+            self.set_latent_mixture(*fit_diagonal_gmm(self.to_public(mu.float()).cpu(), k))
+        return {"n": len(mu), "mixture_components": k, "global_mean_norm": float(mean[:d].norm()),
                 "global_std_range": [float(cov.diagonal().sqrt().min()),
                                      float(cov.diagonal().sqrt().max())],
                 "spatial_scale_mean": float(self.spatial_scale.mean())}
@@ -411,9 +436,16 @@ class VAE(nn.Module):
 
     def sample(self, n: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
-        """n random images in HU, (n, S, S), from public z ~ N(0, temperature^2 I)."""
+        """n random images in HU, (n, S, S): public z drawn from the latent mixture (each
+        component's std times ``temperature``) if calibration fitted one, else from
+        N(0, temperature^2 I)."""
         p = next(self.parameters())
-        z = temperature * torch.randn(n, self.config.z_size, generator=generator)
+        if len(self.mixture_weight):
+            z = sample_diagonal_gmm(self.mixture_weight.cpu().float(),
+                                    self.mixture_mean.cpu().float(),
+                                    self.mixture_std.cpu().float(), n, generator, temperature)
+        else:
+            z = temperature * torch.randn(n, self.config.z_size, generator=generator)
         return self.decode_hu(z.to(p.device, p.dtype))
 
     def n_parameters(self) -> dict:
