@@ -398,28 +398,3 @@ def test_object_size_warnings_see_the_patient_not_the_table():
     assert warnings_for(300, table=True) == []
     assert "larger than the prior's field" in warnings_for(440)[0]
     assert "much smaller" in warnings_for(40)[0]
-
-
-def test_prior_trained_without_its_refiner_fits_on_the_unrefined_image(case):
-    """A prior with ``fit_with_refiner=False`` (``train --base-weight``): every fit step
-    decodes without the refiner, the result (generated image, inpainted rays) with it."""
-    torch.manual_seed(0)
-    model = VAE(VAEConfig(image_size=32, latent_dim=8, base_channels=4, channel_mults=(1, 2, 4),
-                          pixel_size_mm=4.0, refine_channels=4, fit_with_refiner=False)).eval()
-    torch.nn.init.normal_(model.refiner.net[-1].weight, std=0.3)  # a refiner that does something
-    calls = []
-    decode = model.decode_hu
-
-    def spy(z, refine=True):
-        calls.append(refine)
-        return decode(z, refine=refine)
-
-    model.decode_hu = spy
-    measured, mask, _, _ = case
-    res = lsr.lsr_correct(measured, mask, GEOM, model=model, steps=6, lbfgs_steps=2)
-    assert calls[-1] is True and not any(calls[:-1]) and len(calls) >= 8
-    with torch.no_grad():
-        refined = decode(torch.as_tensor(res.z)[None])[0].numpy()
-        unrefined = decode(torch.as_tensor(res.z)[None], refine=False)[0].numpy()
-    assert np.abs(refined - unrefined).max() > 1.0  # HU
-    np.testing.assert_allclose(res.generated_hu, refined, atol=1e-3)

@@ -176,25 +176,3 @@ def test_bone_and_edge_weights_act_where_they_say():
     assert rec(offset, edge_weight=1.0) == pytest.approx(rec(offset))
     assert rec(bone_error, edge_weight=1.0) > rec(bone_error)  # the dark line has edges
     assert elbo_loss(Fixed(x), x, 0.1, mc, bone_weight=2.0, edge_weight=1.0)[0].item() == 0.0
-
-
-def test_base_weight_trains_the_image_without_the_refiner_and_marks_the_prior():
-    """``--base-weight``: the loss adds the L1 of the unrefined image, and the prior's config
-    tells LSR to fit on it (``fit_with_refiner`` False); without a refiner it changes nothing."""
-    from napari_lsr.train import TrainConfig, elbo_loss
-
-    cfg = TrainConfig(image_size=32, latent_dim=8, base_channels=4, channel_mults=(1, 2),
-                      pixel_size_mm=12.0, refine_channels=4, spatial_channels=0, base_weight=0.5)
-    mc = cfg.vae_config()
-    assert mc.fit_with_refiner is False
-    assert TrainConfig(refine_channels=4).vae_config().fit_with_refiner is True
-    torch.manual_seed(0)
-    model = VAE(mc).eval()
-    torch.nn.init.normal_(model.refiner.net[-1].weight, std=0.3)
-    x = torch.rand(2, 1, 32, 32)
-    plain = elbo_loss(model, x, 0.0, mc, soft_tissue_weight=0.0)[1].item()
-    both = elbo_loss(model, x, 0.0, mc, soft_tissue_weight=0.0, base_weight=0.5)[1].item()
-    with torch.no_grad():
-        rec, base, _, _ = model(x, with_base=True)
-    assert (base - rec).abs().max() > 0.01
-    assert both == pytest.approx(plain + 0.5 * (base - x).abs().mean().item(), rel=1e-5)

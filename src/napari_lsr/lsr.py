@@ -256,14 +256,11 @@ def check_inputs(sino, mask, geom: Geometry):
 # prior image on the geometry grid
 # ----------------------------------------------------------------------------------------
 class _PriorOnGrid:
-    """G(z) in mu (1/mm) on the geometry's pixel grid (bilinear resampling, air outside).
-    ``fit_mu`` is the image the fit uses: without the refiner for a prior trained for that
-    (``config.fit_with_refiner`` False), else the same as ``mu``."""
+    """G(z) in mu (1/mm) on the geometry's pixel grid (bilinear resampling, air outside)."""
 
     def __init__(self, model, geom: Geometry, device, mu_water: float):
         self.model, self.mu_water = model, mu_water
         cfg = model.config
-        self.refine_in_fit = getattr(cfg, "fit_with_refiner", True)
         same = cfg.image_size == geom.image_size and math.isclose(cfg.pixel_size_mm, geom.pixel_size_mm)
         self.grid = None
         if not same:
@@ -273,9 +270,9 @@ class _PriorOnGrid:
             gy, gx = torch.meshgrid(t, t, indexing="ij")
             self.grid = torch.stack([gx, gy], dim=-1)[None].to(device)
 
-    def hu(self, z: torch.Tensor, refine: bool = True) -> torch.Tensor:
+    def hu(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent) -> (B, H, W) HU on the geometry grid."""
-        hu = self.model.decode_hu(z, refine=refine)
+        hu = self.model.decode_hu(z)
         if self.grid is None:
             return hu
         shifted = (hu - AIR_HU)[:, None]  # zero padding == air
@@ -285,9 +282,6 @@ class _PriorOnGrid:
 
     def mu(self, z: torch.Tensor) -> torch.Tensor:
         return hu_to_mu(self.hu(z), self.mu_water)
-
-    def fit_mu(self, z: torch.Tensor) -> torch.Tensor:
-        return hu_to_mu(self.hu(z, refine=self.refine_in_fit), self.mu_water)
 
 
 # ----------------------------------------------------------------------------------------
@@ -385,7 +379,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     def loss_fn(data_term=full, low_precision=False):
         P_, q_, m_, n_valid = data_term
         with torch.autocast(z.device.type, dtype=torch.bfloat16, enabled=low_precision):
-            mu = prior.fit_mu(z)
+            mu = prior.mu(z)
         mu = mu.float()
         r = (P_.forward(mu) - q_) * m_
         data = r.square().sum(dim=(-2, -1)) / n_valid

@@ -3,11 +3,9 @@
 Objective (per batch, images normalised with the fixed HU map of :class:`VAEConfig`)::
 
     loss = mean_pixels(w * |x_hat - x|) + edge_weight * mean_pixels(|grad x_hat - grad x|)
-           + base_weight * mean_pixels(w * |x_base - x|)
            + beta(t) * KL(q(z|x) || N(0, I)) / n_pixels
     w    = 1 + soft_tissue_weight inside [-200, 300] HU, + bone_weight above 300 HU, else 1
     grad = forward differences along rows and columns (penalises blurred edges and thin bone)
-    x_base = the image decoded without the refiner (only with refine_channels > 0)
     beta(t) ramps linearly from 0 to ``beta`` over ``kl_warmup_steps``
 
 Adam, linear warm-up then cosine learning-rate decay, gradient-norm clipping. One "epoch" is
@@ -83,7 +81,6 @@ class TrainConfig:
     soft_tissue_weight: float = 1.0
     bone_weight: float = 0.0              # extra L1 weight above BONE_HU (thin bone fades without)
     edge_weight: float = 0.0              # weight of the L1 between image gradients
-    base_weight: float = 0.0              # > 0: also train the image without the refiner
     grad_clip: float = 1.0
     val_n: int = 32
     patience: int = 8                     # epochs without val-MAE improvement before stopping
@@ -116,8 +113,7 @@ class TrainConfig:
                          attn_heads=self.attn_heads, pixel_size_mm=self.pixel_size_mm,
                          stem_factor=self.stem_factor, full_res_block=self.full_res_block,
                          spatial_channels=self.spatial_channels, spatial_size=self.spatial_size,
-                         spatial_prior=self.spatial_prior, refine_channels=self.refine_channels,
-                         fit_with_refiner=not (self.refine_channels and self.base_weight > 0))
+                         spatial_prior=self.spatial_prior, refine_channels=self.refine_channels)
 
 
 def transfer_weights(src: VAE, dst: VAE, name="checkpoint") -> tuple[int, list[str]]:
@@ -425,21 +421,15 @@ class SpikeGuard:
 
 
 def elbo_loss(model, x: torch.Tensor, beta: float, mc: VAEConfig, soft_tissue_weight: float = 1.0,
-              bone_weight: float = 0.0, edge_weight: float = 0.0, base_weight: float = 0.0):
+              bone_weight: float = 0.0, edge_weight: float = 0.0):
     """Returns (loss, reconstruction term (weighted L1 + edge term) in normalised units, KL per
-    image in nats). The weights are those of :class:`TrainConfig` (see the module docstring);
-    ``base_weight`` adds that times the weighted L1 of the image without the refiner."""
-    if base_weight and mc.refine_channels:
-        recon, base, mu, logvar = model(x, with_base=True)
-    else:
-        (recon, mu, logvar), base = model(x), None
+    image in nats). The weights are those of :class:`TrainConfig` (see the module docstring)."""
+    recon, mu, logvar = model(x)
     recon, mu, logvar = recon.float(), mu.float(), logvar.float()
     lo, hi = ((np.array(SOFT_TISSUE_HU) - mc.hu_min) / (mc.hu_max - mc.hu_min)).tolist()
     bone = (BONE_HU - mc.hu_min) / (mc.hu_max - mc.hu_min)
     w = 1.0 + soft_tissue_weight * ((x > lo) & (x < hi)).float() + bone_weight * (x > bone).float()
     rec = (w * (recon - x).abs()).mean()
-    if base is not None:
-        rec = rec + base_weight * (w * (base.float() - x).abs()).mean()
     if edge_weight:
         d = recon - x
         rec = rec + edge_weight * 0.5 * ((d[..., 1:, :] - d[..., :-1, :]).abs().mean()
@@ -603,7 +593,7 @@ def _train(cfg, rank, world, device, dist) -> Path:
             beta = cfg.beta * min(1.0, (step + 1) / max(1, cfg.kl_warmup_steps))
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
                 loss, l1, kl = elbo_loss(net, x, beta, mc, cfg.soft_tissue_weight,
-                                         cfg.bone_weight, cfg.edge_weight, cfg.base_weight)
+                                         cfg.bone_weight, cfg.edge_weight)
             value = loss.item()
             if spike_guard.bad(value):
                 # a non-finite or exploding loss: skip this batch rather than let one step
@@ -773,10 +763,6 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--edge-weight", type=float, default=d.edge_weight,
       help="weight of the L1 between image gradients: keeps edges and thin bone sharp "
       "(default: %(default)s)")
-    a("--base-weight", type=float, default=d.base_weight,
-      help="with --refine-channels: weight of the L1 of the image decoded without the "
-      "refiner. > 0 trains both and marks the prior so that LSR fits on the cheaper "
-      "unrefined image and adds the refiner only to its result (default: %(default)s)")
     a("--grad-clip", type=float, default=d.grad_clip, help="(default: %(default)s)")
     a("--val-n", type=int, default=d.val_n, help="validation phantoms (default: %(default)s)")
     a("--patience", type=int, default=d.patience,

@@ -55,10 +55,7 @@ class VAEConfig:
     spatial_prior: "standard" (the spatial latent's prior is N(0, I)) or "conditional" (its
     prior is N(mu(g), sigma(g)^2), predicted from the global vector g; z then holds the
     whitened spatial latent, so z ~ N(0, I) still, and random draws are coherent images);
-    refine_channels: width of the full-resolution refiner (0: none);
-    fit_with_refiner: False for a prior trained to decode well also without its refiner
-    (``napari-lsr train --base-weight``): LSR then fits z on the cheaper unrefined image and
-    renders the result with the refiner.
+    refine_channels: width of the full-resolution refiner (0: none).
     """
 
     image_size: int = 256
@@ -76,7 +73,6 @@ class VAEConfig:
     spatial_size: int = 16
     spatial_prior: str = "standard"
     refine_channels: int = 0
-    fit_with_refiner: bool = True
 
     def __post_init__(self):
         self.channel_mults = tuple(int(m) for m in self.channel_mults)
@@ -382,15 +378,13 @@ class VAE(nn.Module):
             mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
         return self.to_public(mu), logvar
 
-    def decode_normalised(self, z: torch.Tensor, refine: bool = True) -> torch.Tensor:
+    def decode_normalised(self, z: torch.Tensor) -> torch.Tensor:
         """Public latent (B, z_size) -> normalised image (B,1,S,S) in [0, 1] (the network's
-        own units; :meth:`decode` gives HU). ``refine=False`` skips the refiner (if any)."""
-        return self._decode_network(self.from_public(z), refine)
+        own units; :meth:`decode` gives HU)."""
+        return self._decode_network(self.from_public(z))
 
-    def _decode_network(self, z: torch.Tensor, refine: bool = True,
-                        with_base: bool = False):
-        """The network's z -> normalised image; ``refine=False`` skips the refiner;
-        ``with_base=True`` returns (refined image, image without the refiner)."""
+    def _decode_network(self, z: torch.Tensor) -> torch.Tensor:
+        """The network's z -> normalised image."""
         c = self.config
         b = c.bottleneck_size
         zg, zs = self.split_z(z)
@@ -405,17 +399,13 @@ class VAE(nn.Module):
             h = m(h)
             if i == self._dec_tap:
                 h = h + self.from_spatial(zs)
-        base = h
-        if c.refine_channels and refine:
+        if c.refine_channels:
             h = self.refiner(features, h)
-        if with_base:
-            return torch.sigmoid(h), torch.sigmoid(base)
         return torch.sigmoid(h)
 
-    def forward(self, x: torch.Tensor, with_base: bool = False):
+    def forward(self, x: torch.Tensor):
         """Returns (reconstruction in [0,1], mu, logvar) with mu/logvar in the coordinates of
-        z (so the KL to N(0, I) is the ELBO's KL); samples z in training mode only.
-        ``with_base=True``: (reconstruction, reconstruction without the refiner, mu, logvar)."""
+        z (so the KL to N(0, I) is the ELBO's KL); samples z in training mode only."""
         (mu, logvar), spatial = self._posterior(x)
         sample = lambda m, lv: m + torch.randn_like(m) * torch.exp(0.5 * lv) if self.training else m  # noqa: E731
         zg = sample(mu, logvar)
@@ -425,8 +415,6 @@ class VAE(nn.Module):
             mu, logvar = torch.cat([mu, spatial[0]], 1), torch.cat([logvar, spatial[1]], 1)
         else:
             z = zg
-        if with_base:
-            return (*self._decode_network(z, with_base=True), mu, logvar)
         return self._decode_network(z), mu, logvar
 
     # -- HU mapping --------------------------------------------------------------------------
@@ -440,9 +428,9 @@ class VAE(nn.Module):
         c = self.config
         return (hu - c.hu_min) / (c.hu_max - c.hu_min)
 
-    def decode(self, z: torch.Tensor, refine: bool = True) -> torch.Tensor:
-        """Latent (B, z_size) -> image in HU, (B, S, S); ``refine=False`` skips the refiner."""
-        return self.to_hu(self.decode_normalised(z, refine))[:, 0]
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latent (B, z_size) -> image in HU, (B, S, S)."""
+        return self.to_hu(self.decode_normalised(z))[:, 0]
 
     decode_hu = decode  # the name the engine uses: says the unit
 
