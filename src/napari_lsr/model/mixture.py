@@ -14,7 +14,6 @@ import torch
 DEFAULT_COMPONENTS = 128  # with 2 048 calibration slices: 16 per component
 
 
-
 def fit_diagonal_gmm(x: torch.Tensor, k: int, iters: int = 60, seed: int = 0,
                      var_floor: float = 1e-2) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """EM for a ``k``-component Gaussian mixture with diagonal covariances on points ``x``
