@@ -42,7 +42,6 @@ import torch
 import torch.nn.functional as F
 
 from .model.checkpoint import load_model, model_from_checkpoint, read_checkpoint, save_checkpoint
-from .model.mixture import DEFAULT_COMPONENTS
 from .model.vae import VAE, VAEConfig
 
 TRAIN_SEEDS = 1_000_000
@@ -665,8 +664,7 @@ def _train(cfg, rank, world, device, dist) -> Path:
 
 
 def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = None,
-                         half: bool | None = None, seed0: int = 900_000,
-                         mixture_components: int = DEFAULT_COMPONENTS) -> dict:
+                         half: bool | None = None, seed0: int = 900_000) -> dict:
     """Fit the public latent of the prior in ``path`` and its sampling mixture (see
     ``VAE.calibrate_latent``) to ``n`` training slices and write it back (atomically).
     ``source``: the run's BatchSource (its phantoms and user data); default: phantoms with
@@ -681,7 +679,7 @@ def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = Non
     else:
         hu = phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None)
         x = model.from_hu(torch.from_numpy(hu)).clamp(0, 1)[:, None]
-    info = model.calibrate_latent(x, mixture_components=mixture_components)
+    info = model.calibrate_latent(x)
     summary = {**model.training_summary, "latent_calibration": info}
     save_checkpoint(model, path, summary, extra=ckpt.get("extra"), half=half)
     return info
