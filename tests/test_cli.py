@@ -538,6 +538,17 @@ def test_evaluate_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "results" / "truncation" / "table.md").read_text() == "committed"
 
 
+def test_evaluate_passes_lsr_options(tmp_path, monkeypatch):
+    """--lr, --z-weight and --full-fit reach lsr_correct through ``lsr_options``."""
+    seen = []
+    monkeypatch.setattr("napari_lsr.evaluate.evaluate", lambda task, out, **k: seen.append(k["lsr_options"]))
+    monkeypatch.setattr("napari_lsr.model.load_model", lambda path=None: None)
+    assert main(["evaluate", "--task", "metal", "--out", str(tmp_path / "a")]) == 0
+    assert main(["evaluate", "--task", "metal", "--out", str(tmp_path / "b"), "--lr", "0.1",
+                 "--z-weight", "0.001", "--full-fit"]) == 0
+    assert seen == [{}, {"reduce": False, "z_weight": 0.001, "lr": 0.1}]
+
+
 @pytest.mark.parametrize("task", ["truncation", "metal"])
 def test_evaluate_writes_table_and_figure(tmp_path, tiny_model_path, task):
     out = tmp_path / task

@@ -365,6 +365,8 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="fit on the full data instead of the data binned to the prior's sampling")
     p.add_argument("--z-weight", type=float, default=None,
                    help="LSR's latent prior weight (default: lsr_correct's)")
+    p.add_argument("--lr", type=float, default=None,
+                   help="LSR's Adam step from scratch (default: lsr_correct's, COLD_LR)")
     p.add_argument("--fom-fraction", type=float, default=0.6,
                    help="FOM diameter / body width, truncation (default: %(default)s)")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0,
@@ -395,6 +397,8 @@ def run_evaluate(args) -> int:
     options = {"reduce": False} if args.full_fit else {}
     if args.z_weight is not None:
         options["z_weight"] = args.z_weight
+    if args.lr is not None:
+        options["lr"] = args.lr
     evaluate(args.task, out, n_generated=args.n_generated,
              include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
              lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0,
