@@ -52,6 +52,25 @@ def test_optimiser_lowers_the_loss_and_fills_the_gap(tiny_prior, case):
     assert err_lsr < 0.5 * err_zero
 
 
+def test_adam_uses_the_engines_step_sizes_and_decays(tiny_prior, case, monkeypatch):
+    """Adam runs with ADAM_BETAS (not torch's 0.999) and COLD_LR / WARM_LR by default."""
+    made = []
+    real = torch.optim.Adam
+
+    class Recording(real):
+        def __init__(self, params, **kw):
+            made.append(kw)
+            super().__init__(params, **kw)
+
+    monkeypatch.setattr(torch.optim, "Adam", Recording)
+    measured, mask = case[:2]
+    cold = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0)
+    lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0, init=cold.z)
+    assert made == [{"lr": lsr.lsr.COLD_LR, "betas": lsr.lsr.ADAM_BETAS},
+                    {"lr": lsr.lsr.WARM_LR, "betas": lsr.lsr.ADAM_BETAS}]
+    assert lsr.lsr.ADAM_BETAS == (0.9, 0.99)
+
+
 def test_reproducible_with_seed(tiny_prior, case):
     measured, mask, _, _ = case
     a = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=10, lbfgs_steps=0, seed=1)

@@ -38,6 +38,9 @@ COLD_LR = 0.05                     # Adam step from the average slice (z = 0)
 WARM_LR = 0.01                     # Adam step from a neighbouring slice's z: 0.05 took good
 #                                    starts uphill (warm-start chain: final misfit 0.0027-0.0030
 #                                    at 0.05, 0.0022-0.0025 at 0.01, cold starts 0.0022-0.0026)
+ADAM_BETAS = (0.9, 0.99)           # Adam's moment decays; 0.999 (torch's default) kept the
+#                                    early, large gradients in its step scale and slowed the
+#                                    end of the fit (metal evaluation 64.4 -> 61.5 HU with 0.99)
 COARSE_FRACTION = 0.5              # share of a cold start's Adam steps fitted to every k-th
 #                                    view only (the first steps only find the coarse shape)
 COARSE_VIEWS_PER_PIXEL = 0.25      # k keeps about this many views per 180 deg per pixel of the
@@ -409,7 +412,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
 
     reason, detail = "max_steps", f"all {steps} Adam steps used"
     try:
-        opt = torch.optim.Adam([z], lr=lr)
+        opt = torch.optim.Adam([z], lr=lr, betas=ADAM_BETAS)
         why = None
         for data_term, n_steps in stages:
             stage_start = len(history)
