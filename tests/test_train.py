@@ -55,10 +55,16 @@ def test_tiny_training_loss_falls_and_files(tmp_path):
     assert (tmp_path / "rec" / "samples.png").stat().st_size > 0
     assert "| phantoms: head | 2 |" in (tmp_path / "rec" / "table.md").read_text()
 
-    # resume continues the step count and history
-    train(TrainConfig(out=str(out), steps=40, epoch_steps=10, resume=True, **TINY))
+    # resume continues the step count and history; --max-minutes counts from the restart,
+    # not the hours the run had already trained (here 1 000 000 s)
+    last = tmp_path / "p_last.pt"
+    ckpt = torch.load(last, weights_only=True)
+    ckpt["extra"]["elapsed_s"] = 1e6
+    torch.save(ckpt, last)
+    train(TrainConfig(out=str(out), steps=50, epoch_steps=10, resume=True, max_minutes=60, **TINY))
     hist = json.loads((tmp_path / "p_history.json").read_text())
-    assert [h["step"] for h in hist] == [10, 20, 30, 40]
+    assert [h["step"] for h in hist] == [10, 20, 30, 40, 50]
+    assert hist[-1]["elapsed_s"] > 1e6  # the history's clock goes on
 
 
 def test_phantom_seed_sharding():

@@ -83,7 +83,8 @@ class TrainConfig:
     grad_clip: float = 1.0
     val_n: int = 32
     patience: int = 8                     # epochs without val-MAE improvement before stopping
-    max_minutes: float | None = None      # wall-time budget; stops after the epoch that hits it
+    max_minutes: float | None = None      # wall-time budget of this invocation (a resumed run
+    #                                       counts from its restart); stops after the epoch that hits it
     phantoms: bool = True
     regions: list = field(default_factory=list)  # phantom regions to draw (empty: all)
     bank: str | None = None               # .npy of pre-generated phantoms (made if missing)
@@ -571,7 +572,8 @@ def _train(cfg, rank, world, device, dist) -> Path:
                     "eval_seeds": f">= {EVAL_SEED0}", **source.info,
                     "augment": "flip + rotation for user/real slices" if cfg.augment else "none"}
     bar = None
-    t0 = time.time() - elapsed0
+    t0 = time.time() - elapsed0  # the history's clock counts every segment of a resumed run
+    started = time.time()  # --max-minutes counts this invocation only
     model.train()
     while step < cfg.steps:
         sums = np.zeros(3)
@@ -646,7 +648,7 @@ def _train(cfg, rank, world, device, dist) -> Path:
             save_checkpoint(model, paths["last"], summary, extra=extra)
             paths["json"].write_text(json.dumps(history, indent=1))
             plot_history(history, paths["plot"])
-            over_time = cfg.max_minutes is not None and rec["elapsed_s"] > 60 * cfg.max_minutes
+            over_time = cfg.max_minutes is not None and time.time() - started > 60 * cfg.max_minutes
             if bad_epochs >= cfg.patience or over_time:
                 print("early stop: " + ("time budget reached" if over_time else
                                         f"no improvement for {bad_epochs} epochs"), flush=True)
@@ -765,7 +767,8 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPar
     a("--val-n", type=int, default=d.val_n, help="validation phantoms (default: %(default)s)")
     a("--patience", type=int, default=d.patience,
       help="epochs without improvement before stopping (default: %(default)s)")
-    a("--max-minutes", type=float, default=None, help="wall-time budget (default: none)")
+    a("--max-minutes", type=float, default=None,
+      help="wall-time budget of this invocation; with --resume it counts from the restart (default: none)")
     a("--resume", action="store_true", help="continue from <stem>_last.pt")
     a("--init-from", default=None, help="start from the weights of this checkpoint (fresh "
       "optimiser and schedule; where the architecture differs, tensors of the same name and "
