@@ -166,6 +166,7 @@ def test_correct_simulated_volume(tmp_path, tiny_model_path, capsys):
     assert not np.allclose(unc.hu, res.hu)
     report = json.loads((tmp_path / "corrected.tif.report.json").read_text())
     assert report["steps_run"] == [5, 3, 3]
+    assert report["settings"]["cold_start"] == "random"  # recorded with the other settings
     assert report["outputs"]["uncorrected"] == str(tmp_path / "corrected.uncorrected.tif")
     assert "corrected.uncorrected.tif" in printed.out
     _assert_units(report)
@@ -539,14 +540,14 @@ def test_evaluate_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
 
 
 def test_evaluate_passes_lsr_options(tmp_path, monkeypatch):
-    """--lr, --z-weight and --full-fit reach lsr_correct through ``lsr_options``."""
+    """--lr, --z-weight, --cold-start and --full-fit reach lsr_correct through ``lsr_options``."""
     seen = []
     monkeypatch.setattr("napari_lsr.evaluate.evaluate", lambda task, out, **k: seen.append(k["lsr_options"]))
     monkeypatch.setattr("napari_lsr.model.load_model", lambda path=None: None)
     assert main(["evaluate", "--task", "metal", "--out", str(tmp_path / "a")]) == 0
     assert main(["evaluate", "--task", "metal", "--out", str(tmp_path / "b"), "--lr", "0.1",
-                 "--z-weight", "0.001", "--full-fit"]) == 0
-    assert seen == [{}, {"reduce": False, "z_weight": 0.001, "lr": 0.1}]
+                 "--z-weight", "0.001", "--full-fit", "--cold-start", "encoder"]) == 0
+    assert seen == [{}, {"reduce": False, "z_weight": 0.001, "lr": 0.1, "cold_start": "encoder"}]
 
 
 @pytest.mark.parametrize("task", ["truncation", "metal"])

@@ -40,3 +40,13 @@ def test_warning_when_the_data_are_not_anatomy_or_in_the_wrong_units(prior):
     sino, mask = _truncated(bars, fom_mm=250.0)
     res = lsr.lsr_correct(sino, mask, GEOM, model=prior, steps=150, lbfgs_steps=10)
     assert not res.fit.ok and "poor fit" in res.fit.warnings[0]
+
+
+def test_encoder_start_begins_close_to_the_data(prior):
+    """The encoder cold start (the prior's encoder applied to the water-cylinder-extrapolated
+    FBP) begins far closer to the measured data than the default start near the average slice."""
+    sino, mask = _truncated(lsr.data.generate_slice(EVAL_SEED0 + 7, 256, 1.5, region="abdomen"))
+    kw = dict(model=prior, steps=1, lbfgs_steps=0)
+    encoder = lsr.lsr_correct(sino, mask, GEOM, cold_start="encoder", **kw)
+    random = lsr.lsr_correct(sino, mask, GEOM, **kw)
+    assert encoder.loss_history[0] < 0.1 * random.loss_history[0]

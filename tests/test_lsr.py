@@ -302,6 +302,63 @@ def test_cold_start_begins_on_every_other_view(tiny_prior, case, monkeypatch):
     assert warm.loss_history == warm_all_views.loss_history  # a warm start has no coarse stage
 
 
+def test_cold_start_encodes_the_classical_correction(tiny_prior, case, monkeypatch):
+    """cold_start="encoder" starts at the encoder's latent of the FBP of the
+    classically completed data (water cylinders outside, linear interpolation inside), for
+    single slices and a volume's first batch; later batches start from their neighbour;
+    "random" (the default) is the seeded draw; an unknown start is refused."""
+    from napari_lsr import lsr as engine
+    measured, mask, _, _ = case
+    guess = lsr.baselines.reconstruct_hu(lsr.baselines.detruncate(measured, mask, GEOM), GEOM)
+    c = tiny_prior.config
+    x = tiny_prior.from_hu(torch.from_numpy(np.clip(guess, c.hu_min, c.hu_max)))[None, None]
+    expected = tiny_prior.encode(x.float())[0][0]
+    starts = []
+    real = engine._optimise
+
+    def recording(prior, P, q, m, z0, *a, **k):
+        starts.append(z0.clone())
+        return real(prior, P, q, m, z0, *a, **k)
+
+    monkeypatch.setattr(engine, "_optimise", recording)
+    assert engine.DEFAULT_COLD_START == "random"
+    lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0,
+                    cold_start="encoder")
+    torch.testing.assert_close(starts[0][0], expected, atol=1e-4, rtol=1e-4)
+    a = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0, seed=4)
+    assert not torch.allclose(starts[1][0], expected)
+    b = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0,
+                        cold_start="random", seed=4)
+    np.testing.assert_array_equal(a.z, b.z)
+    starts.clear()
+    vol = lsr.lsr_correct_volume(np.stack([measured] * 3), mask, GEOM, model=tiny_prior, steps=2,
+                                 warm_steps=1, lbfgs_steps=0, batch_size=2, cold_start="encoder")
+    torch.testing.assert_close(starts[0], expected.expand(2, -1), atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(starts[1][0], torch.from_numpy(vol.z[1]))
+    with pytest.raises(ValueError, match="cold_start must be one of"):
+        lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, cold_start="mean")
+
+
+def test_encoder_start_on_a_grid_other_than_the_priors(tiny_prior):
+    """The classical correction is resampled onto the prior's grid (air outside the data's
+    grid) before it is encoded: a 40-pixel grid of the same pixel size, centred."""
+    from napari_lsr import lsr as engine
+    geom = lsr.ParallelBeam(image_size=40, pixel_size_mm=4.0, n_views=24, n_det=59, det_spacing_mm=4.0)
+    ctx = engine._setup(geom, tiny_prior, None, 0.0192, reduce=False)
+    hu = torch.full((1, 40, 40), -1000.0)
+    hu[0, 4:36, 4:36] = torch.arange(32.0)[None, :] * 10
+    np.testing.assert_allclose(ctx.prior.to_prior_grid(hu)[0].numpy(), hu[0, 4:36, 4:36].numpy(), atol=1e-3)
+    small = lsr.ParallelBeam(image_size=24, pixel_size_mm=4.0, n_views=24, n_det=35, det_spacing_mm=4.0)
+    ctx = engine._setup(small, tiny_prior, None, 0.0192, reduce=False)
+    out = ctx.prior.to_prior_grid(torch.zeros(1, 24, 24))[0]
+    assert torch.allclose(out[4:28, 4:28], torch.zeros(24, 24), atol=1e-3)
+    assert torch.allclose(out[:4], torch.full((4, 32), -1000.0), atol=1e-3)  # air outside
+    mask = lsr.masks.truncation_mask(geom, fom_mm=70.0)
+    res = lsr.lsr_correct(np.where(mask == 1, 1.0, 0.0), mask, geom, model=tiny_prior, steps=2,
+                          lbfgs_steps=0, reduce=False, cold_start="encoder")
+    assert np.isfinite(res.loss_history).all()
+
+
 def test_bfloat16_adam_steps_fit_as_well_as_float32(tiny_prior, case):
     measured, mask, _, _ = case
     kw = dict(model=tiny_prior, steps=60, lbfgs_steps=3, early_stop=False, seed=2)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .lsr import DEFAULT_Z_WEIGHT, PRECISIONS
+from .lsr import COLD_STARTS, DEFAULT_COLD_START, DEFAULT_Z_WEIGHT, PRECISIONS
 from .projector import DEFAULT_FILTER
 
 
@@ -672,7 +672,7 @@ def run_correct(args) -> int:
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
                                  join=not args.no_join, fbp_filter=FBP_FILTER,
                                  z_weight=args.z_weight, precision=args.precision,
-                                 callback=_progress_printer("LSR", total, abort=ctrl_c.event))
+                                 cold_start=args.cold_start, callback=_progress_printer("LSR", total, abort=ctrl_c.event))
     done = int(res.slices_done)
     if res.stopped:
         if done == 0:
@@ -771,6 +771,10 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="decoder arithmetic in the Adam steps: bfloat16 is ~1.2x faster where "
                      "the hardware has it (auto: then); L-BFGS and the images stay float32")
+    cor.add_argument("--cold-start", default=DEFAULT_COLD_START, choices=COLD_STARTS,
+                     help="where the first slice's fit starts: encoder (the prior's encoder "
+                     "applied to the classical correction) or random (near the average slice) "
+                     "(default: %(default)s)")
     cor.add_argument("--no-join", action="store_true", help="skip the smooth-join correction")
     cor.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     cor.add_argument("--seed", type=int, default=0, help="random seed (start latent, simulated noise)")

@@ -26,7 +26,7 @@ from . import baselines, masks, metrics, simulate
 from .baselines import reconstruct_hu
 from .data.phantoms import body_mask, generate_slice
 from .geometry import FanBeam, ParallelBeam
-from .lsr import lsr_correct
+from .lsr import COLD_STARTS, lsr_correct
 from .projector import DEFAULT_FILTER, Projector
 from .units import hu_to_mu
 
@@ -367,6 +367,10 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="LSR's latent prior weight (default: lsr_correct's)")
     p.add_argument("--lr", type=float, default=None,
                    help="LSR's Adam step from scratch (default: lsr_correct's, COLD_LR)")
+    p.add_argument("--cold-start", choices=COLD_STARTS, default=None,
+                   help="where LSR's fit starts: encoder (the prior's encoder applied to the "
+                   "classical correction) or random (near the average slice) (default: "
+                   "lsr_correct's)")
     p.add_argument("--fom-fraction", type=float, default=0.6,
                    help="FOM diameter / body width, truncation (default: %(default)s)")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0,
@@ -399,6 +403,8 @@ def run_evaluate(args) -> int:
         options["z_weight"] = args.z_weight
     if args.lr is not None:
         options["lr"] = args.lr
+    if args.cold_start is not None:
+        options["cold_start"] = args.cold_start
     evaluate(args.task, out, n_generated=args.n_generated,
              include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
              lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0,

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .baselines import detruncate
 from .geometry import Geometry
 from .projector import DEFAULT_FILTER, Projector
 from .units import hu_to_mu, mu_to_hu, scan_mu_water
@@ -46,6 +47,11 @@ COARSE_FRACTION = 0.5              # share of a cold start's Adam steps fitted t
 COARSE_VIEWS_PER_PIXEL = 0.25      # k keeps about this many views per 180 deg per pixel of the
 #                                    prior's side (64 at 256: 60 of the reduced 180 on the
 #                                    clinical fan beam, the projector's fwd + bwd 17 vs 40 ms)
+COLD_STARTS = ("random", "encoder")  # where a cold fit starts, see _initial_z
+DEFAULT_COLD_START = "random"      # the encoder start fits the fan-beam slices better and
+#                                    faster, but on the 8-case evaluation it was mixed
+#                                    (truncation 29.2 / 126.7 vs 31.1 / 116.9 HU, metal 63.9
+#                                    vs 61.5: README "How LSR runs")
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
@@ -262,7 +268,7 @@ class _PriorOnGrid:
     """G(z) in mu (1/mm) on the geometry's pixel grid (bilinear resampling, air outside)."""
 
     def __init__(self, model, geom: Geometry, device, mu_water: float):
-        self.model, self.mu_water = model, mu_water
+        self.model, self.mu_water, self.pixel_size_mm = model, mu_water, geom.pixel_size_mm
         cfg = model.config
         same = cfg.image_size == geom.image_size and math.isclose(cfg.pixel_size_mm, geom.pixel_size_mm)
         self.grid = None
@@ -285,6 +291,20 @@ class _PriorOnGrid:
 
     def mu(self, z: torch.Tensor) -> torch.Tensor:
         return hu_to_mu(self.hu(z), self.mu_water)
+
+    def to_prior_grid(self, hu: torch.Tensor) -> torch.Tensor:
+        """(B, H, W) HU on the geometry grid -> (B, S, S) HU on the prior's grid (bilinear,
+        air outside the geometry's grid): the inverse of :meth:`hu`'s resampling."""
+        if self.grid is None:
+            return hu
+        cfg, n = self.model.config, hu.shape[-1]
+        t = (torch.arange(cfg.image_size, dtype=torch.float32) - (cfg.image_size - 1) / 2.0)
+        t = t * cfg.pixel_size_mm / (n * self.pixel_size_mm / 2.0)
+        gy, gx = torch.meshgrid(t, t, indexing="ij")
+        grid = torch.stack([gx, gy], dim=-1)[None].expand(hu.shape[0], -1, -1, -1).to(hu.device)
+        out = F.grid_sample((hu - AIR_HU)[:, None], grid, mode="bilinear", padding_mode="zeros",
+                            align_corners=False)
+        return out[:, 0] + AIR_HU
 
 
 # ----------------------------------------------------------------------------------------
@@ -624,7 +644,10 @@ def _setup(geom, model, device, mu_water, reduce: bool = True) -> _Context:
                     _PriorOnGrid(model, red.geom, dev, mu_water))
 
 
-def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
+def _initial_z(model, init, batch: int, seed: int, dev, cold_start: str) -> Optional[torch.Tensor]:
+    """Where the fit starts: ``init`` (a latent, e.g. a neighbour's z) when given; else None
+    for ``cold_start="encoder"`` (see :func:`_cold_start_z`) or, for "random", a seeded draw
+    near the latent's centre."""
     latent = model.config.z_size
     if init is not None:
         z0 = torch.as_tensor(np.asarray(init), dtype=torch.float32)
@@ -632,8 +655,26 @@ def _initial_z(model, init, batch: int, seed: int, dev) -> torch.Tensor:
             raise ValueError(f"init must be a latent vector of length {latent} (this prior's "
                              f"latent size), got shape {tuple(z0.shape)}")
         return z0.reshape(-1, latent).expand(batch, latent).clone().to(dev)
+    if cold_start == "encoder":
+        return None
     gen = torch.Generator().manual_seed(int(seed))
     return (0.1 * torch.randn(batch, latent, generator=gen)).to(dev)
+
+
+def _cold_start_z(ctx: _Context, q_np: np.ndarray, m_np: np.ndarray, opts: dict) -> torch.Tensor:
+    """(B, z_size) public latents where a cold fit starts: the prior's encoder applied to the
+    classical correction of the fitted data (:func:`~napari_lsr.baselines.detruncate`:
+    water-cylinder extrapolation beyond the outermost valid bins, linear interpolation across
+    gaps between them; then FBP), resampled to the prior's grid."""
+    P, prior, mu_water = ctx.P_fit, ctx.prior_fit, opts["mu_water"]
+    completed = detruncate(q_np, m_np, P.geometry, mu_water)
+    with torch.no_grad():
+        mu = P.fbp(torch.as_tensor(completed, dtype=torch.float32, device=ctx.dev),
+                   filter=opts["fbp_filter"])
+        hu = prior.to_prior_grid(mu_to_hu(mu.reshape(-1, *mu.shape[-2:]), mu_water))
+        model, cfg = ctx.model, ctx.model.config
+        x = model.from_hu(hu.clamp(cfg.hu_min, cfg.hu_max))[:, None]
+        return model.encode(x.contiguous(memory_format=torch.channels_last))[0]
 
 
 def _load_model_arg(model):
@@ -648,8 +689,9 @@ def _load_model_arg(model):
 
 
 def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_, cold: bool):
-    """Optimise one batch of slices (on the reduced problem when there is one; a ``cold``
-    start begins on every k-th view, see :meth:`_Context.coarse_stage`), then inpaint
+    """Optimise one batch of slices from ``z0`` (None: :func:`_cold_start_z`) on the reduced
+    problem when there is one (a ``cold`` start begins on every k-th view, see
+    :meth:`_Context.coarse_stage`), then inpaint
     and reconstruct at full resolution; returns (z, history, fits, completed, image_hu,
     gen_hu, aborted)."""
     fq, fm = (q_np, m_np) if ctx.reduction is None else ctx.reduction.reduce(q_np, m_np)
@@ -658,6 +700,8 @@ def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_,
     m = torch.as_tensor(fm, dtype=torch.float32, device=dev)
     noise_var = torch.tensor([noise_rms(qi, mi) ** 2 for qi, mi in zip(fq, fm)],
                              dtype=torch.float32, device=dev)
+    if z0 is None:
+        z0 = _cold_start_z(ctx, fq, fm, opts)
     z, history, per, reason, detail = _optimise(
         ctx.prior_fit, ctx.P_fit, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
         opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"],
@@ -678,14 +722,17 @@ def _data_warnings(model, geom, sino, mask):
 
 
 def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, feather_bins,
-             fbp_filter, mu_water, precision="auto") -> dict:
+             fbp_filter, mu_water, precision="auto", cold_start=DEFAULT_COLD_START) -> dict:
     if steps < 0 or lbfgs_steps < 0 or steps + lbfgs_steps == 0:
         raise ValueError("steps and lbfgs_steps must be >= 0 and not both 0")
     if z_weight < 0 or not math.isfinite(z_weight):
         raise ValueError(f"z_weight must be a finite number >= 0, got {z_weight}")
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    return dict(lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience, z_weight=z_weight,
+    if cold_start not in COLD_STARTS:
+        raise ValueError(f"cold_start must be one of {COLD_STARTS}, got {cold_start!r}")
+    return dict(cold_start=cold_start, lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience,
+                z_weight=z_weight,
                 early_stop=early_stop, join=join, feather_bins=feather_bins, fbp_filter=fbp_filter,
                 mu_water=mu_water, precision=precision)
 
@@ -696,7 +743,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
                 z_weight: float = DEFAULT_Z_WEIGHT, early_stop: bool = True, reduce: bool = True,
                 join: bool = True, feather_bins: int = 16,
                 fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None,
-                precision: str = "auto") -> LSRResult:
+                precision: str = "auto", cold_start: str = DEFAULT_COLD_START) -> LSRResult:
     """Correct one sinogram (V, D) with LSR.
 
     ``valid_mask``: same shape, 1 = measured and trustworthy, 0 = missing/corrupt.
@@ -708,8 +755,11 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     ``early_stop=False`` always runs all ``steps``. ``reduce``: fit the prior to the data
     binned to the prior's sampling (see :func:`reduction_for`; much faster for fine detectors
     and many views), then inpaint and reconstruct at full resolution.
-    ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``). ``lr``: Adam's
-    step size; None = ``COLD_LR`` (0.05) from scratch, ``WARM_LR`` (0.01) from ``init``.
+    ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``); without it
+    the fit starts cold, from ``cold_start``: "encoder" (the prior's encoder applied to the
+    classical correction: water-cylinder extrapolation and linear interpolation of the
+    missing data, FBP) or "random" (a seeded draw near the average slice, the default). ``lr``: Adam's
+    step size; None = ``COLD_LR`` (0.05) from a cold start, ``WARM_LR`` (0.01) from ``init``.
     ``callback(step, loss, preview_hu)`` runs after every step and aborts the run by
     returning True. ``join``: smooth the joins between measured and inpainted data (see
     :func:`smooth_join`). ``precision``: "float32", "bfloat16" (the decoder under bfloat16
@@ -723,14 +773,14 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
                          "Use lsr_correct_volume for a stack.")
     opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm=init is not None), tol, patience,
                     z_weight, early_stop, join,
-                    feather_bins, fbp_filter, mu_water, precision)
+                    feather_bins, fbp_filter, mu_water, precision, cold_start)
     t0 = time.perf_counter()
     ctx = _setup(geom, model, device, mu_water, reduce)
     report = None
     if callback is not None:
         def report(step, loss, mu):
             return bool(callback(step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
-    z0 = _initial_z(ctx.model, init, 1, seed, ctx.dev)
+    z0 = _initial_z(ctx.model, init, 1, seed, ctx.dev, cold_start)
     z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
         ctx, sino[None], mask[None], z0, steps, opts, report, prior_warnings(ctx.model, geom),
         cold=init is None)
@@ -743,7 +793,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
 
 
 _VOLUME_OPTIONS = {"init", "lr", "tol", "patience", "z_weight", "early_stop", "reduce", "join",
-                   "feather_bins", "fbp_filter", "mu_water", "precision"}
+                   "feather_bins", "fbp_filter", "mu_water", "precision", "cold_start"}
 
 
 def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: int = 500,
@@ -776,7 +826,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                     kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", DEFAULT_Z_WEIGHT),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
                     kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water,
-                    kwargs.get("precision", "auto"))
+                    kwargs.get("precision", "auto"), kwargs.get("cold_start", DEFAULT_COLD_START))
     ctx = _setup(geom, model, device, mu_water, kwargs.get("reduce", True))
     model, dev = ctx.model, ctx.dev
     grid_warnings = prior_warnings(model, geom)
@@ -793,7 +843,7 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
         if callback is not None:
             def report(step, loss, mu, _s0=s0):
                 return bool(callback(_s0, step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
-        z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev)
+        z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev, opts["cold_start"])
         n_steps = steps if z_prev is None else warm_steps
         batch_opts = {**opts, "lr": _adam_lr(lr, warm=z_prev is not None)}
         z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
