@@ -53,6 +53,25 @@ def test_early_stop_is_reported(make_napari_viewer, qtbot, phantom, prior_file, 
     assert "all steps used" not in text and "max_steps" not in text
 
 
+def test_cold_start_setting_reaches_the_engine(make_napari_viewer, qtbot, phantom, prior_file,
+                                              errors, monkeypatch):
+    """"More settings" > cold start picks where the fit starts; the run finishes with it."""
+    from napari_lsr import lsr as engine
+    seen = []
+    real = engine._run_slices
+    monkeypatch.setattr(engine, "_run_slices",
+                        lambda ctx, q, m, z0, n, opts, *a, **k: seen.append(opts["cold_start"])
+                        or real(ctx, q, m, z0, n, opts, *a, **k))
+    viewer = make_napari_viewer()
+    sino, mask = truncated_case(viewer, phantom)
+    w = lsr_widget(viewer, prior_file, sino, mask, steps=3, lbfgs=0)
+    assert w.cold_start.value == engine.DEFAULT_COLD_START
+    w.cold_start.value = "both"
+    w.run()
+    _finish(qtbot, w)
+    assert not errors and w.state == "done" and seen and set(seen) == {"both"}
+
+
 def test_corrupt_prior_shows_failed(make_napari_viewer, qtbot, phantom, tmp_path, errors):
     viewer = make_napari_viewer()
     sino, mask = truncated_case(viewer, phantom)

@@ -34,7 +34,7 @@ from superqt import QCollapsible
 from ._common import (add_layer, connect_layer_events, image_layer, layer_choices,
                       layer_geometry, layer_kind, layer_spacing, pick, show_error, show_info,
                       show_warning, sinogram_layer, window_combo)
-from ..lsr import PLATEAU_PATIENCE, PLATEAU_TOL
+from ..lsr import COLD_STARTS, DEFAULT_COLD_START, PLATEAU_PATIENCE, PLATEAU_TOL
 from ._panel import ScrollPanel
 from .loss_plot import LossPlot
 
@@ -216,8 +216,14 @@ class LSRWidget(ScrollPanel):
                                 value=PLATEAU_PATIENCE)
         self.preview_every = SpinBox(label="preview every (steps)", min=1, max=1000, value=10)
         self.seed = SpinBox(label="seed", min=0, max=2**31 - 1, value=0)
+        self.cold_start = ComboBox(
+            label="cold start", choices=list(COLD_STARTS), value=DEFAULT_COLD_START,
+            tooltip="where a slice without a neighbour's z starts: random (near the average "
+                    "slice), encoder (the prior's encoding of the classical correction) or both "
+                    "side by side, keeping the closer fit (slower)")
         self.more = Container(widgets=[self.device, self.early_stop, self.tol_pct,
-                                       self.patience, self.preview_every, self.seed])
+                                       self.patience, self.preview_every, self.seed,
+                                       self.cold_start])
         self.more_section = QCollapsible("More settings")
         self.more_section.addWidget(self.more.native)
         self.model.changed.connect(lambda val: setattr(self.model_path, "visible", val == MODEL_FILE))
@@ -356,9 +362,10 @@ class LSRWidget(ScrollPanel):
         return sino, mask, geom, index
 
     def _options(self) -> dict:
-        """Engine options from the widget: steps, device, seed and early stopping."""
+        """Engine options from the widget: steps, device, seed, cold start and early stopping."""
         opts = dict(steps=self.steps.value, lbfgs_steps=self.lbfgs_steps.value,
-                    device=self.device.value, seed=self.seed.value)
+                    device=self.device.value, seed=self.seed.value,
+                    cold_start=self.cold_start.value)
         if self.early_stop.value:
             opts.update(tol=self.tol_pct.value / 100.0, patience=self.patience.value)
         elif engine_accepts("early_stop"):
