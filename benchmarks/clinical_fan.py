@@ -10,9 +10,11 @@ default: the fit on the data binned to the prior's sampling, a cold start's firs
 steps on every k-th view), ``reduced_all_views`` (the same without that coarse first stage,
 ``COARSE_FRACTION = 0``) and ``full`` (``reduce=False``: the fit on the full data); seconds per
 slice (the projectors are built before timing) and HU errors inside / outside the FOM.
+``--cold-starts`` runs each mode with each cold start (``lsr_correct``'s ``cold_start``).
 
     python benchmarks/clinical_fan.py [--slices 3] [--threads 1] [--precision auto]
                                       [--modes reduced reduced_all_views full]
+                                      [--cold-starts random encoder]
 
 Writes benchmarks/results/clinical_fan.json. Targets (issue 10): cold <= 15 s, warm <= 3 s
 per slice, reduced no worse in HU than full.
@@ -34,8 +36,8 @@ import napari_lsr as lsr
 from napari_lsr.data.phantoms import generate_volume
 from napari_lsr.evaluate import EVAL_SEED0, body_width_mm, clinical_fan_geometry
 from napari_lsr import lsr as engine
-from napari_lsr.lsr import (PRECISIONS, coarse_geometry, coarse_view_step, reduction_for,
-                            use_bfloat16)
+from napari_lsr.lsr import (COLD_STARTS, DEFAULT_COLD_START, PRECISIONS, coarse_geometry,
+                            coarse_view_step, reduction_for, use_bfloat16)
 
 MODES = {"reduced": (True, engine.COARSE_FRACTION), "reduced_all_views": (True, 0.0),
          "full": (False, engine.COARSE_FRACTION)}  # name: (reduce, COARSE_FRACTION)
@@ -51,6 +53,9 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default=None)
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    ap.add_argument("--cold-starts", nargs="+", default=[DEFAULT_COLD_START], choices=COLD_STARTS,
+                    help="cold starts to compare (each mode runs with each; summary keys "
+                    "'MODE' for the default start, 'MODE+START' for the others)")
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clinical_fan.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -74,14 +79,16 @@ def main(argv=None) -> int:
         return float(d[fom_img].mean()), float(d[body[k] & ~fom_img].mean())
 
     rows = []
-    for mode in args.modes:
+    runs = [(mode, cs) for mode in args.modes for cs in args.cold_starts]
+    for mode, cs in runs:
         reduce, engine.COARSE_FRACTION = MODES[mode]
+        name = mode if cs == DEFAULT_COLD_START else f"{mode}+{cs}"
         z_prev = None
         for k in range(args.slices):
             kw = dict(model=model, lbfgs_steps=args.lbfgs_steps, reduce=reduce,
                       precision=args.precision)
-            cold = lsr.lsr_correct(sinos[k], mask, geom, steps=args.steps, **kw)
-            row = {"mode": mode, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
+            cold = lsr.lsr_correct(sinos[k], mask, geom, steps=args.steps, cold_start=cs, **kw)
+            row = {"mode": name, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
                    "cold_mae_in_fom_hu": errors(cold.image_hu, k)[0],
                    "cold_mae_out_fom_hu": errors(cold.image_hu, k)[1]}
             if z_prev is not None:
@@ -100,7 +107,7 @@ def main(argv=None) -> int:
     summary = {mode: {k: med(k, mode) for k in ("cold_s", "warm_s", "cold_steps", "warm_steps",
                                                "cold_mae_in_fom_hu", "cold_mae_out_fom_hu",
                                                "warm_mae_in_fom_hu", "warm_mae_out_fom_hu")}
-               for mode in args.modes}
+               for mode in {r["mode"]: None for r in rows}}
     if "full" in summary and "reduced" in summary:
         summary["speed_up_cold"] = summary["full"]["cold_s"] / summary["reduced"]["cold_s"]
     summary["reduced_geometry"] = {"n_views": red.geom.n_views, "n_det": red.geom.n_det,

@@ -340,25 +340,6 @@ def test_cold_start_encodes_the_classical_correction(tiny_prior, case, monkeypat
         lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=1, cold_start="mean")
 
 
-def test_both_cold_starts_side_by_side_keep_the_closer_fit(tiny_prior, case):
-    """cold_start="both" fits the random and the encoder start in one batch and keeps, per
-    slice, the one that fits the data closer: the same fit as the better of the two run
-    alone (Adam's steps are per element; no early stop, no L-BFGS here)."""
-    measured, mask, _, _ = case
-    kw = dict(model=tiny_prior, steps=30, lbfgs_steps=0, early_stop=False, precision="float32")
-    alone = [lsr.lsr_correct(measured, mask, GEOM, cold_start=c, **kw) for c in ("random", "encoder")]
-    both = lsr.lsr_correct(measured, mask, GEOM, cold_start="both", **kw)
-    closer = min(alone, key=lambda r: r.fit.misfit)
-    np.testing.assert_allclose(both.z, closer.z, rtol=1e-3, atol=1e-4)
-    assert both.fit.misfit == pytest.approx(closer.fit.misfit, rel=1e-3)
-    assert both.loss_history[-1] == pytest.approx(closer.fit.misfit, rel=1e-3)
-    assert len(both.loss_history) == 30 and both.image_hu.shape == GEOM.image_shape
-    stack = np.stack([measured, measured[::-1].copy()])
-    vol = lsr.lsr_correct_volume(stack, mask, GEOM, model=tiny_prior, steps=3, warm_steps=1,
-                                 lbfgs_steps=1, batch_size=2, cold_start="both")
-    assert vol.z.shape == (2, 8) and len(vol.fits) == 2
-
-
 def test_encoder_start_on_a_grid_other_than_the_priors(tiny_prior):
     """The classical correction is resampled onto the prior's grid (air outside the data's
     grid) before it is encoded: a 40-pixel grid of the same pixel size, centred."""

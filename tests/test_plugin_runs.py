@@ -66,10 +66,10 @@ def test_cold_start_setting_reaches_the_engine(make_napari_viewer, qtbot, phanto
     sino, mask = truncated_case(viewer, phantom)
     w = lsr_widget(viewer, prior_file, sino, mask, steps=3, lbfgs=0)
     assert w.cold_start.value == engine.DEFAULT_COLD_START
-    w.cold_start.value = "both"
+    w.cold_start.value = "encoder"
     w.run()
     _finish(qtbot, w)
-    assert not errors and w.state == "done" and seen and set(seen) == {"both"}
+    assert not errors and w.state == "done" and seen and set(seen) == {"encoder"}
 
 
 def test_corrupt_prior_shows_failed(make_napari_viewer, qtbot, phantom, tmp_path, errors):

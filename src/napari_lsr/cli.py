@@ -772,9 +772,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="decoder arithmetic in the Adam steps: bfloat16 is ~1.2x faster where "
                      "the hardware has it (auto: then); L-BFGS and the images stay float32")
     cor.add_argument("--cold-start", default=DEFAULT_COLD_START, choices=COLD_STARTS,
-                     help="where the first slice's fit starts: random (near the average slice), "
-                     "encoder (the prior's encoder applied to the classical correction) or both "
-                     "side by side, keeping the closer fit (default: %(default)s)")
+                     help="where the first slice's fit starts: random (near the average slice) "
+                     "or encoder (the prior's encoder applied to the classical correction) "
+                     "(default: %(default)s)")
     cor.add_argument("--no-join", action="store_true", help="skip the smooth-join correction")
     cor.add_argument("--device", default=None, help="cpu, cuda or auto (default: cpu)")
     cor.add_argument("--seed", type=int, default=0, help="random seed (start latent, simulated noise)")

@@ -368,9 +368,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
     p.add_argument("--lr", type=float, default=None,
                    help="LSR's Adam step from scratch (default: lsr_correct's, COLD_LR)")
     p.add_argument("--cold-start", choices=COLD_STARTS, default=None,
-                   help="where LSR's fit starts: random (near the average slice), encoder (the "
-                   "prior's encoder applied to the classical correction) or both side by side, "
-                   "keeping the closer fit (default: lsr_correct's)")
+                   help="where LSR's fit starts: random (near the average slice) or encoder (the "
+                   "prior's encoder applied to the classical correction) (default: "
+                   "lsr_correct's)")
     p.add_argument("--fom-fraction", type=float, default=0.6,
                    help="FOM diameter / body width, truncation (default: %(default)s)")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0,

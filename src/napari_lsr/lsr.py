@@ -47,14 +47,14 @@ COARSE_FRACTION = 0.5              # share of a cold start's Adam steps fitted t
 COARSE_VIEWS_PER_PIXEL = 0.25      # k keeps about this many views per 180 deg per pixel of the
 #                                    prior's side (64 at 256: 60 of the reduced 180 on the
 #                                    clinical fan beam, the projector's fwd + bwd 17 vs 40 ms)
-COLD_STARTS = ("random", "encoder", "both")  # where a cold fit starts, see _run_slices
+COLD_STARTS = ("random", "encoder")  # where a cold fit starts, see _run_slices
 ENCODER_START_CLIP = 3.0           # the encoder start's components are clipped to +-this
 #                                    (public z ~ N(0, I)): a real slice encodes to |z| 288
 #                                    with components up to 69, and the fit from there failed
 DEFAULT_COLD_START = "random"      # the encoder start fits the fan-beam slices better and
-#                                    faster, but on the 8-case evaluation it was mixed
-#                                    (truncation 29.2 / 126.7 vs 31.1 / 116.9 HU, metal 63.9
-#                                    vs 61.5: README "How LSR runs")
+#                                    faster, but on the 8-case evaluation it is mixed
+#                                    (truncation 28.4 / 122.3 vs 31.1 / 116.9 HU inside /
+#                                    outside the FOM, metal 64.4 vs 61.5: README "How LSR runs")
 PLATEAU_TOL = 1e-3                 # stop when the best loss improved by less than this
 PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 
@@ -378,8 +378,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
               steps: int, lbfgs_steps: int, lr: float, tol: float, patience: int,
               report: Optional[Callable[[int, float, torch.Tensor], bool]],
               z_weight: float = 0.0, noise_var: Optional[torch.Tensor] = None,
-              early_stop: bool = True, bf16: bool = False, coarse: Optional[tuple] = None,
-              n_starts: int = 1):
+              early_stop: bool = True, bf16: bool = False, coarse: Optional[tuple] = None):
     """Adam then L-BFGS on z; q, m: (B, V, D); z0: (B, z_size).
 
     The loss is the masked mean squared misfit, summed over the batch (slices independent),
@@ -390,14 +389,10 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
     prior's decoder runs under bfloat16 autocast in the Adam steps (L-BFGS stays float32).
     ``coarse = (P_coarse, k, n)``: the first ``n`` Adam steps fit every ``k``-th view only
     (``P_coarse`` projects those views), the rest all views, with the same Adam state.
-    ``n_starts`` > 1: the batch holds that many starts of the same slices, start-major; the
-    history then sums each slice's best start, the noise-level stop asks it of each slice's
-    best start and the plateau stop of all starts together. Returns (z, history of the summed data misfit,
-    per-entry final misfit (B,), stop_reason, stop_detail) with stop_reason "converged",
-    "max_steps" or "aborted"."""
+    Returns (z, history of the summed data misfit, per-slice final misfit (B,), stop_reason,
+    stop_detail) with stop_reason "converged", "max_steps" or "aborted"."""
     z = z0.clone().requires_grad_(True)
     history: List[float] = []
-    totals: List[float] = []
     state = {}
     full = (P, q, m, m.sum(dim=(-2, -1)).clamp_min(1.0))
     stages = [(full, steps)]
@@ -418,24 +413,19 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         total = data.sum()
         if z_weight:
             total = total + z_weight * z.square().mean(dim=1).sum()
-        return total, best_sum(data.detach()), mu
-
-    def best_sum(per_entry):
-        return float(per_entry.view(n_starts, -1).min(dim=0).values.sum())
+        return total, float(data.detach().sum()), mu
 
     def after_step(loss_value, mu):
         history.append(loss_value)
-        totals.append(float(state["per_slice"].sum()))  # every start's: the plateau test
         if report is not None and report(len(history), loss_value, mu.detach()):
             raise _Stop
 
     def converged(stage_start):
         if not early_stop:
             return None
-        best = state["per_slice"].view(n_starts, -1).min(dim=0).values
-        if noise_var is not None and bool((best <= 1.2 * noise_var.view(n_starts, -1)[0]).all()):
+        if noise_var is not None and bool((state["per_slice"] <= 1.2 * noise_var).all()):
             return f"misfit at the noise level after {len(history)} steps"
-        recent = totals[stage_start:]
+        recent = history[stage_start:]
         if len(recent) > patience:
             old = recent[-patience - 1]
             if (old - min(recent[-patience:])) <= tol * abs(old):
@@ -484,7 +474,7 @@ def _optimise(prior: _PriorOnGrid, P: Projector, q: torch.Tensor, m: torch.Tenso
         with torch.no_grad():  # the fit report's misfit is that of the z returned
             loss_fn()
         if history:
-            history[-1] = best_sum(state["per_slice"])
+            history[-1] = float(state["per_slice"].sum())
         return z.detach(), history, state["per_slice"].cpu().numpy(), reason, detail
     except _Stop:
         per = state.get("per_slice")
@@ -703,9 +693,8 @@ def _load_model_arg(model):
 def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_, cold: bool):
     """Optimise one batch of slices on the reduced problem when there is one, then inpaint
     and reconstruct at full resolution. A warm start begins at ``z0``; a ``cold`` one at the
-    start ``opts["cold_start"]`` names: "random" (``z0``), "encoder" (:func:`_cold_start_z`)
-    or "both" (both fitted side by side in one batch; each slice keeps the one that fits its
-    data closer), and fits its first steps on every k-th view (:meth:`_Context.coarse_stage`).
+    start ``opts["cold_start"]`` names, "random" (``z0``) or "encoder" (:func:`_cold_start_z`),
+    and fits its first steps on every k-th view (:meth:`_Context.coarse_stage`).
     Returns (z, history, fits, completed, image_hu, gen_hu, aborted)."""
     fq, fm = (q_np, m_np) if ctx.reduction is None else ctx.reduction.reduce(q_np, m_np)
     dev = ctx.dev
@@ -713,20 +702,12 @@ def _run_slices(ctx: _Context, q_np, m_np, z0, n_steps, opts, report, warnings_,
     m = torch.as_tensor(fm, dtype=torch.float32, device=dev)
     noise_var = torch.tensor([noise_rms(qi, mi) ** 2 for qi, mi in zip(fq, fm)],
                              dtype=torch.float32, device=dev)
-    starts = [z0]
-    if cold and opts["cold_start"] != "random":
-        z_enc = _cold_start_z(ctx, fq, fm, opts)
-        starts = [z0, z_enc] if opts["cold_start"] == "both" else [z_enc]
-    n, b = len(starts), q.shape[0]
+    if cold and opts["cold_start"] == "encoder":
+        z0 = _cold_start_z(ctx, fq, fm, opts)
     z, history, per, reason, detail = _optimise(
-        ctx.prior_fit, ctx.P_fit, q.repeat(n, 1, 1), m.repeat(n, 1, 1), torch.cat(starts),
-        n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"], opts["patience"], report,
-        opts["z_weight"], noise_var.repeat(n), opts["early_stop"],
-        use_bfloat16(opts["precision"], dev), ctx.coarse_stage(n_steps) if cold else None, n)
-    if n > 1:  # each slice keeps its closer fit
-        best = torch.as_tensor(per.reshape(n, b).argmin(axis=0))
-        z = z.view(n, b, -1)[best, torch.arange(b)]
-        per = per.reshape(n, b)[best.numpy(), np.arange(b)]
+        ctx.prior_fit, ctx.P_fit, q, m, z0, n_steps, opts["lbfgs_steps"], opts["lr"], opts["tol"],
+        opts["patience"], report, opts["z_weight"], noise_var, opts["early_stop"],
+        use_bfloat16(opts["precision"], dev), ctx.coarse_stage(n_steps) if cold else None)
     fits = [_fit_report(per[i], len(history), reason, detail, fq[i], fm[i],
                         warnings_ + _data_warnings(ctx.model, ctx.P.geometry, q_np[i], m_np[i]))
             for i in range(q_np.shape[0])]
@@ -779,8 +760,7 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     ``init``: a latent vector to start from (e.g. a neighbouring slice's ``z``); without it
     the fit starts cold, from ``cold_start``: "encoder" (the prior's encoder applied to the
     classical correction: water-cylinder extrapolation and linear interpolation of the
-    missing data, FBP), "random" (a seeded draw near the average slice, the default) or
-    "both" (fitted side by side, the one that fits the data closer kept; ~1.6x the time). ``lr``: Adam's
+    missing data, FBP) or "random" (a seeded draw near the average slice, the default). ``lr``: Adam's
     step size; None = ``COLD_LR`` (0.05) from a cold start, ``WARM_LR`` (0.01) from ``init``.
     ``callback(step, loss, preview_hu)`` runs after every step and aborts the run by
     returning True. ``join``: smooth the joins between measured and inpainted data (see

@@ -219,8 +219,7 @@ class LSRWidget(ScrollPanel):
         self.cold_start = ComboBox(
             label="cold start", choices=list(COLD_STARTS), value=DEFAULT_COLD_START,
             tooltip="where a slice without a neighbour's z starts: random (near the average "
-                    "slice), encoder (the prior's encoding of the classical correction) or both "
-                    "side by side, keeping the closer fit (slower)")
+                    "slice) or encoder (the prior's encoding of the classical correction)")
         self.more = Container(widgets=[self.device, self.early_stop, self.tol_pct,
                                        self.patience, self.preview_every, self.seed,
                                        self.cold_start])
