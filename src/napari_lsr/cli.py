@@ -672,7 +672,8 @@ def run_correct(args) -> int:
                                  batch_size=args.batch_size, device=args.device, seed=args.seed,
                                  join=not args.no_join, fbp_filter=FBP_FILTER,
                                  z_weight=args.z_weight, precision=args.precision,
-                                 cold_start=args.cold_start, callback=_progress_printer("LSR", total, abort=ctrl_c.event))
+                                 cold_start=args.cold_start,
+                                 callback=_progress_printer("LSR", total, abort=ctrl_c.event))
     done = int(res.slices_done)
     if res.stopped:
         if done == 0:

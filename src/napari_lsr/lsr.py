@@ -267,30 +267,39 @@ def check_inputs(sino, mask, geom: Geometry):
 # ----------------------------------------------------------------------------------------
 # prior image on the geometry grid
 # ----------------------------------------------------------------------------------------
+def _sampling_grid(out_size: int, out_pixel_mm: float, in_size: int, in_pixel_mm: float):
+    """``grid_sample`` grid (1, out, out, 2) that samples a centred square image of ``in_size``
+    pixels of ``in_pixel_mm`` at the pixel centres of one of ``out_size`` x ``out_pixel_mm``."""
+    t = (torch.arange(out_size, dtype=torch.float32) - (out_size - 1) / 2.0) * out_pixel_mm
+    t = t / (in_size * in_pixel_mm / 2.0)  # normalised, align_corners=False
+    gy, gx = torch.meshgrid(t, t, indexing="ij")
+    return torch.stack([gx, gy], dim=-1)[None]
+
+
+def _resample_hu(hu: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """(B, H, W) HU sampled bilinearly at ``grid``; air outside the image."""
+    out = F.grid_sample((hu - AIR_HU)[:, None], grid.expand(hu.shape[0], -1, -1, -1),
+                        mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[:, 0] + AIR_HU  # zero padding == air
+
+
 class _PriorOnGrid:
     """G(z) in mu (1/mm) on the geometry's pixel grid (bilinear resampling, air outside)."""
 
     def __init__(self, model, geom: Geometry, device, mu_water: float):
-        self.model, self.mu_water, self.pixel_size_mm = model, mu_water, geom.pixel_size_mm
+        self.model, self.mu_water = model, mu_water
         cfg = model.config
         same = cfg.image_size == geom.image_size and math.isclose(cfg.pixel_size_mm, geom.pixel_size_mm)
-        self.grid = None
+        self.grid = self.inverse_grid = None
         if not same:
-            n = geom.image_size
-            t = (torch.arange(n, dtype=torch.float32) - (n - 1) / 2.0) * geom.pixel_size_mm
-            t = t / (cfg.image_size * cfg.pixel_size_mm / 2.0)  # normalised, align_corners=False
-            gy, gx = torch.meshgrid(t, t, indexing="ij")
-            self.grid = torch.stack([gx, gy], dim=-1)[None].to(device)
+            sizes = (geom.image_size, geom.pixel_size_mm, cfg.image_size, cfg.pixel_size_mm)
+            self.grid = _sampling_grid(*sizes).to(device)  # the prior's image -> geometry grid
+            self.inverse_grid = _sampling_grid(*sizes[2:], *sizes[:2]).to(device)
 
     def hu(self, z: torch.Tensor) -> torch.Tensor:
         """(B, latent) -> (B, H, W) HU on the geometry grid."""
         hu = self.model.decode_hu(z)
-        if self.grid is None:
-            return hu
-        shifted = (hu - AIR_HU)[:, None]  # zero padding == air
-        out = F.grid_sample(shifted, self.grid.expand(hu.shape[0], -1, -1, -1), mode="bilinear",
-                            padding_mode="zeros", align_corners=False)
-        return out[:, 0] + AIR_HU
+        return hu if self.grid is None else _resample_hu(hu, self.grid)
 
     def mu(self, z: torch.Tensor) -> torch.Tensor:
         return hu_to_mu(self.hu(z), self.mu_water)
@@ -298,16 +307,7 @@ class _PriorOnGrid:
     def to_prior_grid(self, hu: torch.Tensor) -> torch.Tensor:
         """(B, H, W) HU on the geometry grid -> (B, S, S) HU on the prior's grid (bilinear,
         air outside the geometry's grid): the inverse of :meth:`hu`'s resampling."""
-        if self.grid is None:
-            return hu
-        cfg, n = self.model.config, hu.shape[-1]
-        t = (torch.arange(cfg.image_size, dtype=torch.float32) - (cfg.image_size - 1) / 2.0)
-        t = t * cfg.pixel_size_mm / (n * self.pixel_size_mm / 2.0)
-        gy, gx = torch.meshgrid(t, t, indexing="ij")
-        grid = torch.stack([gx, gy], dim=-1)[None].expand(hu.shape[0], -1, -1, -1).to(hu.device)
-        out = F.grid_sample((hu - AIR_HU)[:, None], grid, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-        return out[:, 0] + AIR_HU
+        return hu if self.inverse_grid is None else _resample_hu(hu, self.inverse_grid)
 
 
 # ----------------------------------------------------------------------------------------
@@ -733,10 +733,9 @@ def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, 
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if cold_start not in COLD_STARTS:
         raise ValueError(f"cold_start must be one of {COLD_STARTS}, got {cold_start!r}")
-    return dict(cold_start=cold_start, lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience,
-                z_weight=z_weight,
+    return dict(lbfgs_steps=lbfgs_steps, lr=lr, tol=tol, patience=patience, z_weight=z_weight,
                 early_stop=early_stop, join=join, feather_bins=feather_bins, fbp_filter=fbp_filter,
-                mu_water=mu_water, precision=precision)
+                mu_water=mu_water, precision=precision, cold_start=cold_start)
 
 
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
