@@ -10,11 +10,14 @@ default: the fit on the data binned to the prior's sampling, a cold start's firs
 steps on every k-th view), ``reduced_all_views`` (the same without that coarse first stage,
 ``COARSE_FRACTION = 0``) and ``full`` (``reduce=False``: the fit on the full data); seconds per
 slice (the projectors are built before timing) and HU errors inside / outside the FOM.
-``--cold-starts`` runs each mode with each cold start (``lsr_correct``'s ``cold_start``).
+``--cold-starts`` runs each mode with each cold start (``lsr_correct``'s ``cold_start``);
+``--compare-models`` runs other priors beside ``--model``, interleaved slice by slice (the
+machine's speed drifts by up to ~20 % within minutes: only interleaved runs compare times).
 
     python benchmarks/clinical_fan.py [--slices 3] [--threads 1] [--precision auto]
                                       [--modes reduced reduced_all_views full]
                                       [--cold-starts random encoder]
+                                      [--model A.pt] [--compare-models B.pt ...]
 
 Writes benchmarks/results/clinical_fan.json. Targets (issue 10): cold <= 15 s, warm <= 3 s
 per slice, reduced no worse in HU than full.
@@ -50,7 +53,10 @@ def main(argv=None) -> int:
     ap.add_argument("--warm-steps", type=int, default=50)
     ap.add_argument("--lbfgs-steps", type=int, default=20)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--model", default=None)
+    ap.add_argument("--model", default=None, help="prior (default: the bundled one)")
+    ap.add_argument("--compare-models", nargs="+", default=[],
+                    help="other priors run beside --model, interleaved per slice (summary keys "
+                    "'MODE@FILE-STEM')")
     ap.add_argument("--precision", default="auto", choices=PRECISIONS)
     ap.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
     ap.add_argument("--cold-starts", nargs="+", default=[DEFAULT_COLD_START], choices=COLD_STARTS,
@@ -59,7 +65,10 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "clinical_fan.json"))
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    model = lsr.load_model(args.model)
+    models = {"": lsr.load_model(args.model),
+              **{f"@{Path(p).stem if Path(p).stem != 'prior' else Path(p).parent.name}":
+                 lsr.load_model(p) for p in args.compare_models}}
+    model = models[""]
     geom = clinical_fan_geometry()
     vol = generate_volume(EVAL_SEED0 + 555, args.slices, geom.image_size, geom.pixel_size_mm,
                           region="abdomen", slice_step=2.0)
@@ -68,9 +77,11 @@ def main(argv=None) -> int:
     P = lsr.Projector(geom)
     sinos = P.forward(lsr.hu_to_mu(vol)).numpy() * mask
     red = reduction_for(geom, model)
-    fits = [red.geom] * any(MODES[m][0] for m in args.modes) + [geom] * ("full" in args.modes)
-    for g in fits + [coarse_geometry(g, coarse_view_step(g, model.config.image_size)) for g in fits]:
-        lsr.Projector(g).warm_up()  # every projector a mode uses is built before timing
+    for m in models.values():
+        r = reduction_for(geom, m)
+        fits = [r.geom] * any(MODES[k][0] for k in args.modes) + [geom] * ("full" in args.modes)
+        for g in fits + [coarse_geometry(g, coarse_view_step(g, m.config.image_size)) for g in fits]:
+            lsr.Projector(g).warm_up()  # every projector a mode uses is built before timing
     fom_img = lsr.masks.fom_image_mask(geom, fom)
     body = lsr.data.body_mask(vol)
 
@@ -79,24 +90,27 @@ def main(argv=None) -> int:
         return float(d[fom_img].mean()), float(d[body[k] & ~fom_img].mean())
 
     rows = []
-    runs = [(mode, cs) for mode in args.modes for cs in args.cold_starts]
-    for mode, cs in runs:
-        reduce, engine.COARSE_FRACTION = MODES[mode]
-        name = mode if cs == DEFAULT_COLD_START else f"{mode}+{cs}"
-        z_prev = None
-        for k in range(args.slices):
-            kw = dict(model=model, lbfgs_steps=args.lbfgs_steps, reduce=reduce,
+    runs = [(label, mode, cs) for label in models for mode in args.modes
+            for cs in args.cold_starts]
+    z_prev = {}
+    for k in range(args.slices):
+        # interleaved, every run's slice k before any slice k + 1, in turn forwards / backwards
+        for label, mode, cs in (runs if k % 2 == 0 else runs[::-1]):
+            reduce, engine.COARSE_FRACTION = MODES[mode]
+            name = (mode if cs == DEFAULT_COLD_START else f"{mode}+{cs}") + label
+            kw = dict(model=models[label], lbfgs_steps=args.lbfgs_steps, reduce=reduce,
                       precision=args.precision)
             cold = lsr.lsr_correct(sinos[k], mask, geom, steps=args.steps, cold_start=cs, **kw)
             row = {"mode": name, "slice": k, "cold_s": cold.seconds, "cold_steps": cold.fit.steps,
                    "cold_mae_in_fom_hu": errors(cold.image_hu, k)[0],
                    "cold_mae_out_fom_hu": errors(cold.image_hu, k)[1]}
-            if z_prev is not None:
-                warm = lsr.lsr_correct(sinos[k], mask, geom, steps=args.warm_steps, init=z_prev, **kw)
+            if name in z_prev:
+                warm = lsr.lsr_correct(sinos[k], mask, geom, steps=args.warm_steps,
+                                       init=z_prev[name], **kw)
                 row.update(warm_s=warm.seconds, warm_steps=warm.fit.steps,
                            warm_mae_in_fom_hu=errors(warm.image_hu, k)[0],
                            warm_mae_out_fom_hu=errors(warm.image_hu, k)[1])
-            z_prev = cold.z
+            z_prev[name] = cold.z
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -110,9 +124,15 @@ def main(argv=None) -> int:
                for mode in {r["mode"]: None for r in rows}}
     if "full" in summary and "reduced" in summary:
         summary["speed_up_cold"] = summary["full"]["cold_s"] / summary["reduced"]["cold_s"]
+    for label in list(models)[1:]:  # time per slice of each compared prior / --model's
+        summary[f"time_ratio{label}"] = {
+            mode: {k: summary[mode + label][k] / summary[mode][k] for k in ("cold_s", "warm_s")
+                   if summary[mode][k] and summary[mode + label][k]}
+            for mode in summary if not mode.endswith(tuple(models)[1:]) and mode + label in summary}
     summary["reduced_geometry"] = {"n_views": red.geom.n_views, "n_det": red.geom.n_det,
                                    "kv": red.kv, "kd": red.kd, "pad": red.pad}
     summary.update(fom_mm=fom, threads=args.threads, precision=args.precision,
+                   model=args.model or "bundled", compare_models=args.compare_models,
                    bf16_used=use_bfloat16(args.precision, torch.device("cpu")),
                    loadavg_1min=os.getloadavg()[0],
                    date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),

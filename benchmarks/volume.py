@@ -88,6 +88,8 @@ def main(argv=None) -> int:
     body = lsr.data.body_mask(hu)
     err_in = float(np.abs(res.image_hu - hu)[:, fom].mean())
     err_out = float(np.abs(res.image_hu - hu)[body & ~fom[None]].mean())
+    err_out_per_slice = [round(float(np.abs(res.image_hu[k] - hu[k])[body[k] & ~fom].mean()), 1)
+                         for k in range(args.slices)]
     unc = lsr.baselines.reconstruct_hu(sinos[:4], geom)
     err_unc = float(np.abs(unc - hu[:4])[:, fom].mean())
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -104,6 +106,7 @@ def main(argv=None) -> int:
         "mae_inside_fom_uncorrected_first4_hu": err_unc,
         "relative_residual_median": float(np.median([f.relative_residual for f in res.fits])),
         "relative_residual_max": float(max(f.relative_residual for f in res.fits)),
+        "mae_outside_fom_body_hu_per_slice": err_out_per_slice,
         "relative_residual_per_slice": [round(f.relative_residual, 4) for f in res.fits],
         "steps_per_slice": steps,
         "fit_warnings": sorted({w for f in res.fits for w in f.warnings}),
