@@ -7,7 +7,12 @@ virtually to cover the grid's corners, those bins missing) and truncated to a 25
 of measurement. LSR corrects it with warm starts (cold first slice, then ``--warm-steps``
 per slice), batched slices and the reduced fit on the prior's grid.
 
-    python benchmarks/volume.py [--slices 100] [--batch 4] [--threads 2]
+    python benchmarks/volume.py [--slices 100] [--batch 4] [--threads 2] [--model PATH]
+                                [--z-weight W] [--region abdomen] [--seed 20000000]
+
+``--z-weight`` sets LSR's latent prior weight for every batch (default: the library's, 0.01
+for the cold batch and ``WARM_Z_WEIGHT`` for the warm ones; ``--z-weight 0.01`` is the
+behaviour before 2026-11-26).
 
 Prints progress and a summary; writes benchmarks/results/volume.json.
 """
@@ -39,6 +44,9 @@ def main(argv=None) -> int:
     ap.add_argument("--lbfgs-steps", type=int, default=5)
     ap.add_argument("--lr", type=float, default=None,
                     help="Adam step for every batch (default: the library's, COLD_LR cold, WARM_LR warm)")
+    ap.add_argument("--z-weight", type=float, default=None)
+    ap.add_argument("--region", default="abdomen", help="phantom region of the volume")
+    ap.add_argument("--seed", type=int, default=20_000_000, help="phantom seed (held out)")
     ap.add_argument("--fom-mm", type=float, default=250.0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default=None, help="prior checkpoint (default: the bundled prior)")
@@ -50,7 +58,7 @@ def main(argv=None) -> int:
     scan = dict(type="FanBeam", image_size=args.size, pixel_size_mm=args.pixel_mm, n_views=720,
                 n_det=900, det_spacing_mm=1.0, sid_mm=540.0, sdd_mm=950.0, arc_deg=360.0)
     geom, n_left, n_right = lsr.extend_detector(scan)
-    hu = generate_volume(20_000_000, args.slices, args.size, args.pixel_mm, region="abdomen",
+    hu = generate_volume(args.seed, args.slices, args.size, args.pixel_mm, region=args.region,
                          slice_step=2.0, noise_hu=10.0)
     P = lsr.Projector(geom)
     est = P.memory_estimate
@@ -82,7 +90,7 @@ def main(argv=None) -> int:
     res = lsr.lsr_correct_volume(sinos, mask, geom, model=lsr.load_model(args.model),
                                  steps=args.steps, warm_steps=args.warm_steps,
                                  lbfgs_steps=args.lbfgs_steps, batch_size=args.batch,
-                                 callback=progress, lr=args.lr)
+                                 callback=progress, lr=args.lr, z_weight=args.z_weight)
     t_lsr = time.perf_counter() - t1
     fom = lsr.masks.fom_image_mask(geom, args.fom_mm)
     body = lsr.data.body_mask(hu)
@@ -99,6 +107,8 @@ def main(argv=None) -> int:
         "geometry": geom.to_dict(), "virtual_bins": [n_left, n_right], "fom_mm": args.fom_mm,
         "batch_size": args.batch, "threads": args.threads, "steps_cold_max": args.steps,
         "warm_steps_max": args.warm_steps, "lbfgs_steps": args.lbfgs_steps, "lr": args.lr,
+        "z_weight": args.z_weight, "model": args.model or "bundled", "region": args.region,
+        "seed": args.seed,
         "projector_method": est.method, "projector_setup_s": t_setup,
         "lsr_total_s": t_lsr, "lsr_s_per_slice": t_lsr / args.slices,
         "steps_per_slice_median": float(np.median(steps)), "peak_rss_mb": peak_mb,
@@ -107,6 +117,7 @@ def main(argv=None) -> int:
         "relative_residual_median": float(np.median([f.relative_residual for f in res.fits])),
         "relative_residual_max": float(max(f.relative_residual for f in res.fits)),
         "mae_outside_fom_body_hu_per_slice": err_out_per_slice,
+        "latent_norm_per_slice": [round(float(v), 1) for v in np.linalg.norm(res.z, axis=1)],
         "relative_residual_per_slice": [round(f.relative_residual, 4) for f in res.fits],
         "steps_per_slice": steps,
         "fit_warnings": sorted({w for f in res.fits for w in f.warnings}),

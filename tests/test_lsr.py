@@ -111,6 +111,32 @@ def test_warm_start_volume(tiny_prior):
     assert stop.stopped and stop.slices_done == 1
 
 
+def test_latent_prior_weight_is_lighter_on_warm_starts(tiny_prior, case, monkeypatch):
+    """z_weight=None: DEFAULT_Z_WEIGHT for a cold fit, WARM_Z_WEIGHT for a warm one (a volume's
+    later batches, ``init``); a given z_weight holds for every batch."""
+    seen = []
+    real = lsr.lsr._optimise
+
+    def recording(*args, **kw):
+        seen.append(args[11])  # _optimise's z_weight, as _run_slices passes it
+        return real(*args, **kw)
+
+    monkeypatch.setattr(lsr.lsr, "_optimise", recording)
+    measured, mask = case[:2]
+    stack = np.stack([measured] * 3)
+    kw = dict(model=tiny_prior, steps=2, warm_steps=1, lbfgs_steps=0, batch_size=1)
+    lsr.lsr_correct_volume(stack, mask, GEOM, **kw)
+    assert seen == [lsr.lsr.DEFAULT_Z_WEIGHT] + [lsr.lsr.WARM_Z_WEIGHT] * 2
+    assert lsr.lsr.WARM_Z_WEIGHT < lsr.lsr.DEFAULT_Z_WEIGHT
+    seen.clear()
+    lsr.lsr_correct_volume(stack, mask, GEOM, z_weight=0.5, **kw)
+    assert seen == [0.5] * 3
+    seen.clear()
+    cold = lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0)
+    lsr.lsr_correct(measured, mask, GEOM, model=tiny_prior, steps=2, lbfgs_steps=0, init=cold.z)
+    assert seen == [lsr.lsr.DEFAULT_Z_WEIGHT, lsr.lsr.WARM_Z_WEIGHT]
+
+
 def test_smooth_join_is_continuous_and_leaves_measured_data():
     measured = np.ones((1, 20))
     mask = np.ones((1, 20))

@@ -15,7 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .lsr import COLD_STARTS, DEFAULT_COLD_START, DEFAULT_Z_WEIGHT, PRECISIONS
+from .lsr import (COLD_STARTS, DEFAULT_COLD_START, DEFAULT_Z_WEIGHT, PRECISIONS,
+                  WARM_Z_WEIGHT)
 from .projector import DEFAULT_FILTER
 
 
@@ -767,8 +768,10 @@ def build_parser() -> argparse.ArgumentParser:
     cor.add_argument("--warm-steps", type=int, default=50, help="Adam steps for warm-started slices")
     cor.add_argument("--lbfgs-steps", type=int, default=20, help="L-BFGS steps after Adam, per slice")
     cor.add_argument("--batch-size", type=int, default=1, help="slices optimised together")
-    cor.add_argument("--z-weight", type=float, default=DEFAULT_Z_WEIGHT,
-                     help="weight of LSR's latent prior term z_weight * mean(z^2); 0 = none")
+    cor.add_argument("--z-weight", type=float, default=None,
+                     help="weight of LSR's latent prior term z_weight * mean(z^2); 0 = none "
+                     f"(default: {DEFAULT_Z_WEIGHT:g} for a cold start, {WARM_Z_WEIGHT:g} for the "
+                     "warm-started slices of a volume)")
     cor.add_argument("--precision", default="auto", choices=PRECISIONS,
                      help="decoder arithmetic in the Adam steps: bfloat16 is ~1.2x faster where "
                      "the hardware has it (auto: then); L-BFGS and the images stay float32")

@@ -32,6 +32,9 @@ __all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct
 
 AIR_HU = -1000.0
 DEFAULT_Z_WEIGHT = 1e-2  # weight of the latent prior term; chosen by benchmarks/z_weight.py
+WARM_Z_WEIGHT = 1e-3     # ... from a neighbouring slice's z: 0.01 on every warm batch pulled
+#                          a 100-slice chain's |z| from 21 to 16 and its extended field from
+#                          52 to 108 HU; 0.001: |z| 22-30, 75.5 vs 86.0 HU (README, volumes)
 POOR_FIT_RELATIVE_RESIDUAL = 0.06  # rms misfit / rms valid data above this (and above 3x the
 #                                    noise level) means the prior cannot explain the data
 #                                    (evaluation: held-out and real slices 0.6-5 %, wrong units 44 %)
@@ -62,6 +65,12 @@ PLATEAU_PATIENCE = 40              # (relative) over this many Adam steps
 def _adam_lr(lr: float | None, warm: bool) -> float:
     """Adam's step size: ``lr`` when given, else WARM_LR from a neighbour's z, COLD_LR from z = 0."""
     return lr if lr is not None else (WARM_LR if warm else COLD_LR)
+
+
+def _z_weight(z_weight: float | None, warm: bool) -> float:
+    """The latent prior's weight: ``z_weight`` when given, else WARM_Z_WEIGHT from a
+    neighbour's z, DEFAULT_Z_WEIGHT from a cold start."""
+    return z_weight if z_weight is not None else (WARM_Z_WEIGHT if warm else DEFAULT_Z_WEIGHT)
 
 
 @dataclass
@@ -741,7 +750,7 @@ def _options(steps, lbfgs_steps, lr, tol, patience, z_weight, early_stop, join, 
 def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, lbfgs_steps: int = 20,
                 init=None, callback: Optional[Callable] = None, device=None, seed: int = 0,
                 lr: float | None = None, tol: float = PLATEAU_TOL, patience: int = PLATEAU_PATIENCE,
-                z_weight: float = DEFAULT_Z_WEIGHT, early_stop: bool = True, reduce: bool = True,
+                z_weight: float | None = None, early_stop: bool = True, reduce: bool = True,
                 join: bool = True, feather_bins: int = 16,
                 fbp_filter: str = DEFAULT_FILTER, mu_water: float | None = None,
                 precision: str = "auto", cold_start: str = DEFAULT_COLD_START) -> LSRResult:
@@ -752,7 +761,8 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     bundled default). ``steps``: at most this many Adam steps; Adam stops early when the
     misfit reaches the noise level of the data or the loss improved by less than ``tol``
     (relative) over ``patience`` steps; then ``lbfgs_steps`` L-BFGS steps. ``z_weight``:
-    weight of a Gaussian prior term ``z_weight * mean(z^2)`` that keeps z typical (0 = none).
+    weight of a Gaussian prior term ``z_weight * mean(z^2)`` that keeps z typical (0 = none;
+    None = ``DEFAULT_Z_WEIGHT`` (0.01) from a cold start, ``WARM_Z_WEIGHT`` (0.001) from ``init``).
     ``early_stop=False`` always runs all ``steps``. ``reduce``: fit the prior to the data
     binned to the prior's sampling (see :func:`reduction_for`; much faster for fine detectors
     and many views), then inpaint and reconstruct at full resolution.
@@ -772,8 +782,9 @@ def lsr_correct(sino, valid_mask, geom: Geometry, model=None, steps: int = 500, 
     if sino.ndim != 2:
         raise ValueError(f"lsr_correct takes one sinogram (views, detector); got shape {sino.shape}. "
                          "Use lsr_correct_volume for a stack.")
-    opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm=init is not None), tol, patience,
-                    z_weight, early_stop, join,
+    warm = init is not None
+    opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm), tol, patience,
+                    _z_weight(z_weight, warm), early_stop, join,
                     feather_bins, fbp_filter, mu_water, precision, cold_start)
     t0 = time.perf_counter()
     ctx = _setup(geom, model, device, mu_water, reduce)
@@ -805,8 +816,9 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
 
     The first slice (or batch) starts cold with at most ``steps`` Adam steps; each later
     batch of ``batch_size`` slices starts from the previous slice's z with at most
-    ``warm_steps`` steps (the paper: ~30 instead of ~500) at Adam step ``WARM_LR`` (unless
-    ``lr`` is given: then for all). ``valid_masks``: (S, V, D) or one
+    ``warm_steps`` steps (the paper: ~30 instead of ~500) at Adam step ``WARM_LR`` and latent
+    prior weight ``WARM_Z_WEIGHT`` (unless ``lr`` / ``z_weight`` are given: then for all).
+    ``valid_masks``: (S, V, D) or one
     (V, D) mask for all slices. ``callback(slice_index, step, loss, preview_hu)`` aborts the
     run by returning True; slices finished so far are returned (``slices_done``). Other
     keyword arguments as for :func:`lsr_correct`; ``fits`` holds one :class:`FitReport` per
@@ -824,7 +836,8 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
     mu_water = scan_mu_water(geom, kwargs.get("mu_water"))
     lr = kwargs.get("lr")
     opts = _options(steps, lbfgs_steps, _adam_lr(lr, warm=False), kwargs.get("tol", PLATEAU_TOL),
-                    kwargs.get("patience", PLATEAU_PATIENCE), kwargs.get("z_weight", DEFAULT_Z_WEIGHT),
+                    kwargs.get("patience", PLATEAU_PATIENCE),
+                    _z_weight(kwargs.get("z_weight"), warm=False),
                     kwargs.get("early_stop", True), kwargs.get("join", True), kwargs.get("feather_bins", 16),
                     kwargs.get("fbp_filter", DEFAULT_FILTER), mu_water,
                     kwargs.get("precision", "auto"), kwargs.get("cold_start", DEFAULT_COLD_START))
@@ -846,7 +859,9 @@ def lsr_correct_volume(sinos, valid_masks, geom: Geometry, model=None, steps: in
                 return bool(callback(_s0, step, loss, mu_to_hu(mu[0], mu_water).cpu().numpy()))
         z0 = _initial_z(model, z_prev, q_np.shape[0], seed, dev)
         n_steps = steps if z_prev is None else warm_steps
-        batch_opts = {**opts, "lr": _adam_lr(lr, warm=z_prev is not None)}
+        warm = z_prev is not None
+        batch_opts = {**opts, "lr": _adam_lr(lr, warm),
+                      "z_weight": _z_weight(kwargs.get("z_weight"), warm)}
         z, history, fits, completed, image_hu, gen_hu, aborted = _run_slices(
             ctx, q_np, m_np, z0, n_steps, batch_opts, report, grid_warnings, cold=z_prev is None)
         if aborted:
