@@ -562,6 +562,26 @@ def test_evaluate_writes_table_and_figure(tmp_path, tiny_model_path, task):
     assert summary["n_cases"] == 2
 
 
+def test_evaluate_lsr_seed_offset_moves_only_the_fit(tmp_path, tiny_model_path, monkeypatch):
+    """--lsr-seed-offset N starts case i's LSR fit from seed i + N; the simulated data (the
+    metal's noise: seeded by the case) and the baselines stay the same."""
+    import napari_lsr.evaluate as ev
+    seeds = []
+    real = ev._lsr_images
+    monkeypatch.setattr(ev, "_lsr_images", lambda *a: seeds.append(a[7]) or real(*a))
+    rows = {}
+    for offset in (0, 5):
+        out = tmp_path / str(offset)
+        assert main(["evaluate", "--task", "metal", "--out", str(out), "--n-generated", "2",
+                     "--no-real", "--model", tiny_model_path, "--steps", "3", "--lbfgs-steps",
+                     "0", "--lsr-seed-offset", str(offset)]) == 0
+        rows[offset] = json.loads((out / "results.json").read_text())
+    assert seeds == [0, 1, 5, 6]
+    assert rows[5]["lsr_seed_offset"] == 5
+    assert rows[0]["table"]["NMAR"] == rows[5]["table"]["NMAR"]
+    assert rows[0]["table"]["LSR"] != rows[5]["table"]["LSR"]
+
+
 def test_ctrl_c_keeps_the_finished_slices(tmp_path, tiny_model_path, capsys, monkeypatch):
     """The first Ctrl-C stops after the current step and writes the slices finished so far."""
     import signal

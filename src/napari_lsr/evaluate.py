@@ -103,8 +103,10 @@ def _interior_gaps(mask) -> bool:
 
 
 def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs_steps: int,
-             fom_fraction: float, seed: int, lsr_options: Dict | None = None) -> Dict:
-    """All methods on one case; returns per-method metrics and images for the figure."""
+             fom_fraction: float, seed: int, lsr_options: Dict | None = None,
+             lsr_seed: int | None = None) -> Dict:
+    """All methods on one case; returns per-method metrics and images for the figure.
+    ``seed`` seeds the simulated metal and, unless ``lsr_seed`` is given, LSR's random start."""
     gt = case.hu
     body = body_mask(gt)
     full = P.forward(torch.as_tensor(hu_to_mu(gt), dtype=torch.float32)).numpy()
@@ -126,7 +128,8 @@ def run_case(task: str, case: Case, geom, P: Projector, model, steps: int, lbfgs
     images = {"ground truth": (gt, full), "floor (FBP of complete data)": (reconstruct_hu(full, geom, FBP_FILTER), full)}
     images.update({k: (reconstruct_hu(s, geom, FBP_FILTER), s) for k, s in sinos.items()})
     t0 = time.perf_counter()
-    lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps, seed, lsr_options)
+    lsr_imgs, res = _lsr_images(P, sino, mask, geom, model, steps, lbfgs_steps,
+                                seed if lsr_seed is None else lsr_seed, lsr_options)
     images.update(lsr_imgs)
     out = {"name": case.name, "lsr_seconds": time.perf_counter() - t0, "lsr_steps": len(res.loss_history),
            "lsr_final_loss": float(res.loss_history[-1]), "fit": res.fit.to_dict(),
@@ -242,8 +245,12 @@ def save_figure(task: str, results: List[Dict], path: Path, n_cases: int = 2, ge
 
 def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True, model=None,
              steps: int = 500, lbfgs_steps: int = 20, fom_fraction: float = 0.6, seed0: int = EVAL_SEED0,
-             geom=None, log=print, lsr_options: Dict | None = None) -> Dict:
+             geom=None, log=print, lsr_options: Dict | None = None,
+             lsr_seed_offset: int = 0) -> Dict:
     """Run the evaluation; writes ``table.md``, ``results.json`` and ``figure.png`` to out_dir.
+
+    Case ``i``'s LSR fit starts from seed ``i + lsr_seed_offset`` (the data stay the same: the
+    evaluation's spread over LSR's random starts).
 
     ``geom``: a geometry, a name in ``GEOMETRIES`` or None (parallel beam on the prior's
     grid); ``lsr_options``: extra keyword arguments of :func:`lsr_correct` (e.g.
@@ -264,7 +271,7 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
     for i, case in enumerate(evaluation_cases(n_generated, include_real, geom, seed0)):
         try:
             r = run_case(task, case, geom, P, model, steps, lbfgs_steps, fom_fraction, seed=i,
-                         lsr_options=lsr_options)
+                         lsr_options=lsr_options, lsr_seed=i + lsr_seed_offset)
         except CaseNotApplicable as e:
             skipped.append({"name": case.name, "reason": str(e)})
             log(f"[{i + 1}] {case.name}: skipped ({e})")
@@ -277,7 +284,7 @@ def evaluate(task: str, out_dir, n_generated: int = 6, include_real: bool = True
         raise ValueError(f"no evaluation case could be run: {skipped}")
     summary = summarise(task, results)
     summary.update(skipped=skipped, geometry=geom.to_dict(), steps=steps, lbfgs_steps=lbfgs_steps, fom_fraction=fom_fraction,
-                   seed0=seed0, lsr_options=lsr_options or {},
+                   seed0=seed0, lsr_options=lsr_options or {}, lsr_seed_offset=lsr_seed_offset,
                    cases=[{k: v for k, v in r.items() if k != "images"} for r in results],
                    model=getattr(model, "training_summary", {}))
     (out / "results.json").write_text(json.dumps(summary, indent=2, default=float))
@@ -375,6 +382,9 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> argparse.ArgumentParse
                    help="FOM diameter / body width, truncation (default: %(default)s)")
     p.add_argument("--seed0", type=int, default=EVAL_SEED0,
                    help="first held-out phantom seed (default: %(default)s)")
+    p.add_argument("--lsr-seed-offset", type=int, default=0,
+                   help="case i's LSR fit starts from seed i + this; the data stay the same "
+                   "(default: %(default)s)")
     return p
 
 
@@ -408,5 +418,5 @@ def run_evaluate(args) -> int:
     evaluate(args.task, out, n_generated=args.n_generated,
              include_real=not args.no_real, model=load_model(args.model), steps=args.steps,
              lbfgs_steps=args.lbfgs_steps, fom_fraction=args.fom_fraction, seed0=args.seed0,
-             geom=args.geometry, lsr_options=options)
+             geom=args.geometry, lsr_options=options, lsr_seed_offset=args.lsr_seed_offset)
     return 0
