@@ -33,8 +33,9 @@ __all__ = ["LSRResult", "VolumeResult", "FitReport", "lsr_correct", "lsr_correct
 AIR_HU = -1000.0
 DEFAULT_Z_WEIGHT = 1e-2  # weight of the latent prior term; chosen by benchmarks/z_weight.py
 WARM_Z_WEIGHT = 1e-3     # ... from a neighbouring slice's z: 0.01 on every warm batch pulled
-#                          a 100-slice chain's |z| from 21 to 16 and its extended field from
-#                          52 to 108 HU; 0.001: |z| 22-30, 75.5 vs 86.0 HU (README, volumes)
+#                          a 100-slice chain's |z| from 21 to 16, its extended field 13-18 HU
+#                          worse than cold fits of the same slices; 0.001: |z| 22-30, 75.4 vs
+#                          86.0 HU outside the FOM (README, "Clinical sizes")
 POOR_FIT_RELATIVE_RESIDUAL = 0.06  # rms misfit / rms valid data above this (and above 3x the
 #                                    noise level) means the prior cannot explain the data
 #                                    (evaluation: held-out and real slices 0.6-5 %, wrong units 44 %)
