@@ -167,6 +167,7 @@ def test_correct_simulated_volume(tmp_path, tiny_model_path, capsys):
     report = json.loads((tmp_path / "corrected.tif.report.json").read_text())
     assert report["steps_run"] == [5, 3, 3]
     assert report["settings"]["cold_start"] == "random"  # recorded with the other settings
+    assert (report["z_weight_cold"], report["z_weight_warm"]) == (0.01, 0.001)  # the defaults used
     assert report["outputs"]["uncorrected"] == str(tmp_path / "corrected.uncorrected.tif")
     assert "corrected.uncorrected.tif" in printed.out
     _assert_units(report)

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from .lsr import (COLD_STARTS, DEFAULT_COLD_START, DEFAULT_Z_WEIGHT, PRECISIONS,
-                  WARM_Z_WEIGHT)
+                  WARM_Z_WEIGHT, _z_weight)
 from .projector import DEFAULT_FILTER
 
 
@@ -57,6 +57,8 @@ REPORT_UNITS = {
     "n_det": "detector bins (count)", "image_size": "pixels", "seed": "random seed (integer)",
     "nonfinite_values_in_missing_part": "count", "n_generated": "count",
     "z_weight": "weight of the latent prior term (dimensionless, per mean squared z)",
+    "z_weight_cold": "the latent prior's weight used on the cold first slice / batch",
+    "z_weight_warm": "the latent prior's weight used on the warm-started slices",
 }
 
 
@@ -661,7 +663,9 @@ def run_correct(args) -> int:
     except (ValueError, OSError) as e:
         raise CLIError(_flagged("--model", args.model, e) if args.model else f"bundled prior: {e}") from None
     report = {"command": "correct", "napari_lsr_version": _version(), "units": dict(REPORT_UNITS),
-              "input": {}, "settings": {k: v for k, v in vars(args).items() if k != "func"}}
+              "input": {}, "settings": {k: v for k, v in vars(args).items() if k != "func"},
+              "z_weight_cold": _z_weight(args.z_weight, warm=False),
+              "z_weight_warm": _z_weight(args.z_weight, warm=True)}
     if args.volume:
         sinos, mask, geom, spacing, crop = _simulate_volume(args, report)
     else:
