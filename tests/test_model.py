@@ -209,10 +209,39 @@ def test_latent_calibration_public_coordinates_and_old_files(tmp_path):
     assert len(old.mixture_weight) == 0 and old.sample(2).shape == (2, 32, 32)
 
 
+def test_lowrank_mixture_keeps_correlated_directions():
+    """Two clusters spread along one shared direction in 6-D: the low-rank mixture finds the
+    direction and its draws stay on the two lines, where a diagonal mixture's draws spread
+    into the box around them (what made the prior's random outlines ragged)."""
+    from napari_lsr.model.mixture import fit_diagonal_gmm, fit_lowrank_gmm, sample_gmm
+
+    g = torch.Generator().manual_seed(0)
+    v = torch.ones(6) / 6 ** 0.5
+    centres = torch.tensor([[-8.0, 0, 0, 0, 0, 0], [8.0, 0, 0, 0, 0, 0]])
+    pts = torch.cat([c + 2.0 * torch.randn(300, 1, generator=g) * v
+                     + 0.05 * torch.randn(300, 6, generator=g) for c in centres])
+    w, mean, std, factors = fit_lowrank_gmm(pts, 2, rank=1, var_floor=1e-5)
+    assert factors.shape == (2, 1, 6) and torch.allclose(w, torch.full((2,), 0.5))
+    for j in range(2):
+        assert abs(float(factors[j, 0] @ v)) == pytest.approx(2.0, rel=0.15)  # std along v
+        assert float(std[j].max()) < 0.1
+
+    def off_line(draws):  # distance from the nearer of the two lines
+        d = draws[:, None, :] - centres[None]
+        return (d - (d @ v)[..., None] * v).norm(dim=-1).min(1).values
+
+    low = sample_gmm(w, mean, std, 500, torch.Generator().manual_seed(1), factors=factors)
+    diag = sample_gmm(*fit_diagonal_gmm(pts, 2, var_floor=1e-5), 500,
+                      torch.Generator().manual_seed(1))
+    assert float(off_line(low).median()) < 0.2 < 1.0 < float(off_line(diag).median())
+    at_zero = sample_gmm(w, mean, std, 50, torch.Generator().manual_seed(1), 0.0, factors)
+    assert float((at_zero[:, None] - mean).norm(dim=-1).min(1).values.max()) < 1e-5  # the means
+
+
 def test_latent_mixture_fits_clusters_and_round_trips(tmp_path):
     """The sampling mixture finds well-separated clusters, sample() draws from it, and it
     survives a checkpoint round trip (also in float16)."""
-    from napari_lsr.model.mixture import fit_diagonal_gmm, sample_diagonal_gmm
+    from napari_lsr.model.mixture import fit_diagonal_gmm, sample_gmm
 
     g = torch.Generator().manual_seed(0)
     centres = torch.tensor([[-5.0, 0.0, 0.0], [5.0, 0.0, 0.0], [0.0, 8.0, 0.0]])
@@ -222,7 +251,7 @@ def test_latent_mixture_fits_clusters_and_round_trips(tmp_path):
     assert torch.allclose(w, torch.full((3,), 1 / 3), atol=0.02)
     assert torch.allclose(mean[order][:, :2], centres[[0, 2, 1]][:, :2], atol=0.1)
     assert torch.allclose(std, torch.full_like(std, 0.3), atol=0.1)
-    draws = sample_diagonal_gmm(w, mean, std, 300, torch.Generator().manual_seed(1))
+    draws = sample_gmm(w, mean, std, 300, torch.Generator().manual_seed(1))
     nearest = torch.cdist(draws, centres).min(1).values
     assert (nearest < 1.5).all()
     with pytest.raises(ValueError, match="at least 6 points"):
@@ -232,13 +261,29 @@ def test_latent_mixture_fits_clusters_and_round_trips(tmp_path):
     m = VAE(VAEConfig(**TINY)).eval()
     info = m.calibrate_latent(torch.rand(40, 1, 32, 32), mixture_components=4)
     assert info["mixture_components"] == 4 and m.mixture_mean.shape == (4, 8)
+    assert m.mixture_factors.shape == (4, 16, 8)
     a = m.sample(3, torch.Generator().manual_seed(2))
     for half in (False, True):
         back = load_model(save_checkpoint(m, tmp_path / f"mix{half}.pt", {}, half=half))
-        assert back.mixture_mean.shape == (4, 8)
+        assert back.mixture_mean.shape == (4, 8) and back.mixture_factors.shape == (4, 16, 8)
         assert torch.allclose(back.sample(3, torch.Generator().manual_seed(2)), a,
                               atol=1.0 if not half else 60.0)  # HU
+    sd = torch.load(tmp_path / "mixFalse.pt", weights_only=True)
+    del sd["state_dict"]["mixture_factors"]  # a file from before the low-rank mixture
+    torch.save(sd, tmp_path / "diag.pt")
+    diag = load_model(tmp_path / "diag.pt")
+    assert diag.mixture_factors.shape == (4, 0, 8) and diag.sample(2).shape == (2, 32, 32)
+    # refitting only its mixture leaves the latent calibration (LSR's start) as it was
+    from napari_lsr.train import calibrate_checkpoint
+    info = calibrate_checkpoint(tmp_path / "diag.pt", n=40, mixture_only=True)
+    refit = load_model(tmp_path / "diag.pt")
+    assert info["mixture_components"] == 20 and refit.mixture_factors.shape == (20, 16, 8)
+    assert torch.equal(refit.latent_shift, diag.latent_shift)
+    assert torch.equal(refit.global_chol, diag.global_chol)
     with pytest.raises(ValueError, match="shape"):
         m.set_latent_mixture(torch.ones(2), torch.zeros(2, 7), torch.ones(2, 7))
+    with pytest.raises(ValueError, match="factors of shape"):
+        m.set_latent_mixture(torch.ones(2), torch.zeros(2, 8), torch.ones(2, 8),
+                             torch.zeros(2, 3, 7))
     m.set_latent_mixture(torch.zeros(0), torch.zeros(0, 8), torch.zeros(0, 8))
     assert m.sample(2).shape == (2, 32, 32)

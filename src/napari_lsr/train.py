@@ -666,11 +666,13 @@ def _train(cfg, rank, world, device, dist) -> Path:
 
 
 def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = None,
-                         half: bool | None = None, seed0: int = 900_000) -> dict:
+                         half: bool | None = None, seed0: int = 900_000,
+                         mixture_only: bool = False) -> dict:
     """Fit the public latent of the prior in ``path`` and its sampling mixture (see
     ``VAE.calibrate_latent``) to ``n`` training slices and write it back (atomically).
     ``source``: the run's BatchSource (its phantoms and user data); default: phantoms with
-    training seeds from ``seed0``."""
+    training seeds from ``seed0``. ``mixture_only``: refit only the sampling mixture
+    (``VAE.fit_latent_mixture``), e.g. for a prior calibrated before the low-rank mixture."""
     ckpt = read_checkpoint(path)
     model = model_from_checkpoint(ckpt, path)
     mc = model.config
@@ -681,7 +683,11 @@ def calibrate_checkpoint(path, n: int = 2048, source: "BatchSource | None" = Non
     else:
         hu = phantom_batch(range(seed0, seed0 + n), mc.image_size, mc.pixel_size_mm, fit=None)
         x = model.from_hu(torch.from_numpy(hu)).clamp(0, 1)[:, None]
-    info = model.calibrate_latent(x)
+    if mixture_only:
+        info = {**model.training_summary.get("latent_calibration", {}),
+                **model.fit_latent_mixture(x)}
+    else:
+        info = model.calibrate_latent(x)
     summary = {**model.training_summary, "latent_calibration": info}
     save_checkpoint(model, path, summary, extra=ckpt.get("extra"), half=half)
     return info

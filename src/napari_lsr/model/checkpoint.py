@@ -89,7 +89,8 @@ def model_from_checkpoint(ckpt: dict, path="checkpoint") -> VAE:
     sd = {k: (v.float() if v.is_floating_point() else v) for k, v in ckpt["state_dict"].items()}
     try:
         if "mixture_weight" in sd:  # its size (components) is the file's
-            model.set_latent_mixture(sd["mixture_weight"], sd["mixture_mean"], sd["mixture_std"])
+            model.set_latent_mixture(sd["mixture_weight"], sd["mixture_mean"], sd["mixture_std"],
+                                     sd.get("mixture_factors"))
         missing, unexpected = model.load_state_dict(sd, strict=False)
     except (RuntimeError, ValueError, KeyError) as e:
         raise ValueError(f"{path}: weights do not match the model config: {e}") from e

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-from .mixture import DEFAULT_COMPONENTS, fit_diagonal_gmm, sample_diagonal_gmm
+from .mixture import DEFAULT_COMPONENTS, DEFAULT_RANK, fit_lowrank_gmm, sample_gmm
 
 
 @dataclass
@@ -269,22 +269,31 @@ class VAE(nn.Module):
         self.register_buffer("mixture_weight", torch.zeros(0))
         self.register_buffer("mixture_mean", torch.zeros(0, cfg.z_size))
         self.register_buffer("mixture_std", torch.zeros(0, cfg.z_size))
+        self.register_buffer("mixture_factors", torch.zeros(0, 0, cfg.z_size))
 
     CALIBRATION_BUFFERS = ("latent_shift", "global_chol", "spatial_scale", "mixture_weight",
-                           "mixture_mean", "mixture_std")
+                           "mixture_mean", "mixture_std", "mixture_factors")
 
-    def set_latent_mixture(self, weight: torch.Tensor, mean: torch.Tensor,
-                           std: torch.Tensor) -> None:
-        """Install a sampling mixture over the public latent: weights (K,), means and stds
-        (K, z_size); K = 0 removes it (:meth:`sample` then draws from N(0, I))."""
+    def set_latent_mixture(self, weight: torch.Tensor, mean: torch.Tensor, std: torch.Tensor,
+                           factors: torch.Tensor | None = None) -> None:
+        """Install a sampling mixture over the public latent: weights (K,), means and
+        (residual) stds (K, z_size), principal factors (K, R, z_size) or None (diagonal
+        components, files from before 2026-11-27); K = 0 removes it (:meth:`sample` then
+        draws from N(0, I)). See ``model/mixture.py``."""
         k, z = len(weight), self.config.z_size
-        if mean.shape != (k, z) or std.shape != (k, z):
+        if factors is None:
+            factors = torch.zeros(k, 0, z)
+        if mean.shape != (k, z) or std.shape != (k, z) or factors.ndim != 3 \
+                or factors.shape[::2] != (k, z):
             raise ValueError(f"latent mixture of {k} components needs means and stds of shape "
-                             f"({k}, {z}), got {tuple(mean.shape)} and {tuple(std.shape)}")
+                             f"({k}, {z}) and factors of shape ({k}, R, {z}), got "
+                             f"{tuple(mean.shape)}, {tuple(std.shape)} and "
+                             f"{tuple(factors.shape)}")
         p = self.latent_shift
         self.mixture_weight = weight.to(p.device, p.dtype)
         self.mixture_mean = mean.to(p.device, p.dtype)
         self.mixture_std = std.to(p.device, p.dtype)
+        self.mixture_factors = factors.to(p.device, p.dtype)
 
     # -- latent calibration ------------------------------------------------------------------
     def from_public(self, u: torch.Tensor) -> torch.Tensor:
@@ -303,12 +312,14 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def calibrate_latent(self, x: torch.Tensor, batch: int = 32,
-                         mixture_components: int = DEFAULT_COMPONENTS) -> dict:
+                         mixture_components: int = DEFAULT_COMPONENTS,
+                         mixture_rank: int = DEFAULT_RANK) -> dict:
         """Fit the public latent to the encodings (posterior means) of normalised training
         slices ``x`` (N,1,S,S): full-covariance Gaussian for the global vector, per-dimension
         mean and scale for the spatial part, so that LSR starts (u = 0) from the average
-        slice; then a diagonal mixture of ``mixture_components`` Gaussians over the public
-        encodings (0: none), which :meth:`sample` draws from (see ``model/mixture.py``)."""
+        slice; then a mixture of ``mixture_components`` Gaussians (covariance: ``mixture_rank``
+        principal directions plus a diagonal) over the public encodings (0: none), which
+        :meth:`sample` draws from (see ``model/mixture.py``)."""
         was = self.training
         self.eval()
         self.latent_shift.zero_()  # identity: encode in the network's own coordinates
@@ -323,13 +334,30 @@ class VAE(nn.Module):
         self.global_chol.copy_(torch.linalg.cholesky(cov).float())
         if mu.shape[1] > d:
             self.spatial_scale.copy_(mu[:, d:].std(0).clamp_min(1e-3).float())
-        k = min(mixture_components, len(mu) // 2)
-        if k:
-            self.set_latent_mixture(*fit_diagonal_gmm(self.to_public(mu.float()).cpu(), k))
-        return {"n": len(mu), "mixture_components": k, "global_mean_norm": float(mean[:d].norm()),
+        k = self._fit_mixture(self.to_public(mu.float()), mixture_components, mixture_rank)
+        return {"n": len(mu), "mixture_components": k, "mixture_rank": mixture_rank * bool(k),
+                "global_mean_norm": float(mean[:d].norm()),
                 "global_std_range": [float(cov.diagonal().sqrt().min()),
                                      float(cov.diagonal().sqrt().max())],
                 "spatial_scale_mean": float(self.spatial_scale.mean())}
+
+    @torch.no_grad()
+    def fit_latent_mixture(self, x: torch.Tensor, batch: int = 32,
+                           components: int = DEFAULT_COMPONENTS, rank: int = DEFAULT_RANK) -> dict:
+        """Refit only the sampling mixture to the public encodings of normalised slices ``x``
+        (N,1,S,S); the latent calibration (what LSR starts from) stays as it is."""
+        was = self.training
+        self.eval()
+        u = torch.cat([self.encode(x[i:i + batch])[0] for i in range(0, len(x), batch)])
+        self.train(was)
+        k = self._fit_mixture(u, components, rank)
+        return {"n": len(u), "mixture_components": k, "mixture_rank": rank * bool(k)}
+
+    def _fit_mixture(self, u: torch.Tensor, components: int, rank: int) -> int:
+        k = min(components, len(u) // 2)
+        if k:
+            self.set_latent_mixture(*fit_lowrank_gmm(u.float().cpu(), k, rank))
+        return k
 
     # -- latent layout -----------------------------------------------------------------------
     def split_z(self, z: torch.Tensor):
@@ -437,13 +465,13 @@ class VAE(nn.Module):
     def sample(self, n: int, generator: torch.Generator | None = None,
                temperature: float = 1.0) -> torch.Tensor:
         """n random images in HU, (n, S, S): public z drawn from the latent mixture (each
-        component's std times ``temperature``) if calibration fitted one, else from
+        component's spread times ``temperature``) if calibration fitted one, else from
         N(0, temperature^2 I)."""
         p = next(self.parameters())
         if len(self.mixture_weight):
-            z = sample_diagonal_gmm(self.mixture_weight.cpu().float(),
-                                    self.mixture_mean.cpu().float(),
-                                    self.mixture_std.cpu().float(), n, generator, temperature)
+            z = sample_gmm(*(t.cpu().float() for t in (self.mixture_weight, self.mixture_mean,
+                                                       self.mixture_std)),
+                           n, generator, temperature, self.mixture_factors.cpu().float())
         else:
             z = temperature * torch.randn(n, self.config.z_size, generator=generator)
         return self.decode_hu(z.to(p.device, p.dtype))
