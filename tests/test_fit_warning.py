@@ -44,10 +44,9 @@ def test_warning_when_the_data_are_not_anatomy_or_in_the_wrong_units(prior):
 
 def test_encoder_start_begins_close_to_the_data(prior):
     """The encoder cold start (the prior's encoder applied to the water-cylinder-extrapolated
-    FBP) begins far closer to the measured data than the default start near the average slice
-    (misfit after the first step: about 10x lower with the v2 and v10 priors)."""
+    FBP) begins far closer to the measured data than the default start near the average slice."""
     sino, mask = _truncated(lsr.data.generate_slice(EVAL_SEED0 + 7, 256, 1.5, region="abdomen"))
     kw = dict(model=prior, steps=1, lbfgs_steps=0)
     encoder = lsr.lsr_correct(sino, mask, GEOM, cold_start="encoder", **kw)
     random = lsr.lsr_correct(sino, mask, GEOM, **kw)
-    assert encoder.loss_history[0] < 0.2 * random.loss_history[0]
+    assert encoder.loss_history[0] < 0.1 * random.loss_history[0]
