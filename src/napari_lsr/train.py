@@ -69,7 +69,7 @@ class TrainConfig:
     spatial_size: int = 16
     spatial_prior: str = "conditional"    # or "standard": N(0, I) for the spatial latent
     refine_channels: int = 8              # > 0: full-resolution refiner of that width (the
-    #                                       bundled prior's since v11; 0: none, ~14 % faster LSR)
+    #                                       bundled prior's since v11; 0: none, ~10-15 % faster LSR)
     steps: int = 30_000                   # total optimiser steps (sets the cosine schedule)
     epoch_steps: int = 500
     batch_size: int = 8

@@ -55,7 +55,8 @@ def fit_lowrank_gmm(x: torch.Tensor, k: int, rank: int = DEFAULT_RANK, seed: int
     component; each component with at least 3 points then takes its points' mean, the
     ``rank`` leading principal directions of their spread (scaled by their standard
     deviations) and the remaining variance per dimension as its diagonal (at least
-    ``var_floor`` times the data's variance); smaller components keep the diagonal fit.
+    ``var_floor`` times the data's variance); smaller components keep the diagonal fit. Each
+    weight is the component's share of the points.
     Returns (weights (k,), means (k, D), residual stds (k, D), factors (k, rank, D)), float32,
     covariance of component j = factors[j].T @ factors[j] + diag(stds[j]^2)."""
     w, means, stds = fit_diagonal_gmm(x, k, seed=seed, var_floor=var_floor)
